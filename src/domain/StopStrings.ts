@@ -44,7 +44,11 @@ export const scanStop = (scan: StopScan, delta: string, stopStrings: ReadonlyArr
   }
   if (at >= 0) return { scan: initialStopScan, release: text.slice(0, at), stopped: true }
   const keep = heldSuffixLength(text, stops)
-  return { scan: { held: text.slice(text.length - keep) }, release: text.slice(0, text.length - keep), stopped: false }
+  return {
+    scan: { held: text.slice(text.length - keep) },
+    release: text.slice(0, text.length - keep),
+    stopped: false
+  }
 }
 
 /** At the end of generation (no stop matched), what was held is released. */

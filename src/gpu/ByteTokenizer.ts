@@ -60,6 +60,7 @@ export const byteTokenizerConfig = (): Record<string, unknown> => ({
   eos_token: "</s>",
   unk_token: "<unk>",
   add_bos_token: false,
+  clean_up_tokenization_spaces: false,
   model_max_length: 4096,
   chat_template:
     "{% for m in messages %}<s>{{ m.role }}\n{{ m.content }}</s>\n{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}"

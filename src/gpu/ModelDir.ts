@@ -48,7 +48,8 @@ const readJson = (file: string): Record<string, unknown> => {
 
 const positiveInt = (file: string, json: Record<string, unknown>, key: string, fallback?: number): number => {
   const v = json[key] ?? fallback
-  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) throw new ModelLoadError(file, `"${key}" must be a positive integer (got ${JSON.stringify(v)})`)
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0)
+    throw new ModelLoadError(file, `"${key}" must be a positive integer (got ${JSON.stringify(v)})`)
   return v
 }
 
@@ -61,7 +62,12 @@ export const readModelConfig = (dir: string): ModelConfig => {
   const hidden = positiveInt(file, c, "hidden_size")
   const headDim = positiveInt(file, c, "head_dim", Math.floor(hidden / heads))
   const eos = c["eos_token_id"]
-  const eosTokenIds = typeof eos === "number" ? [eos] : Array.isArray(eos) ? eos.filter((x): x is number => typeof x === "number") : []
+  const eosTokenIds =
+    typeof eos === "number"
+      ? [eos]
+      : Array.isArray(eos)
+        ? eos.filter((x): x is number => typeof x === "number")
+        : []
   const bos = c["bos_token_id"]
   return {
     layers,
@@ -104,7 +110,8 @@ export const modelFiles = (dir: string): ReadonlyArray<string> => {
     .map((f) => join(dir, f))
 }
 
-export const modelFingerprint = (dir: string): string => sha256Of([...modelFiles(dir), join(dir, "config.json")])
+export const modelFingerprint = (dir: string): string =>
+  sha256Of([...modelFiles(dir), join(dir, "config.json")])
 
 export const tokenizerFingerprint = (dir: string): string =>
   sha256Of(["tokenizer.json", "tokenizer_config.json", "config.json"].map((f) => join(dir, f)))

@@ -11,12 +11,16 @@ import { BYTE_BOS_ID, BYTE_EOS_ID, byteTokenizerConfig, byteTokenizerJson } from
 import { builtinDims, type BuiltinSize, GENERATOR_VERSION, generateModel } from "./ModelGenerator.js"
 
 export const cacheDir = (env: NodeJS.ProcessEnv = process.env): string =>
-  env["TANDEM_CACHE_DIR"] !== undefined && env["TANDEM_CACHE_DIR"] !== "" ? resolve(env["TANDEM_CACHE_DIR"]) : join(homedir(), ".cache", "tandem")
+  env["TANDEM_CACHE_DIR"] !== undefined && env["TANDEM_CACHE_DIR"] !== ""
+    ? resolve(env["TANDEM_CACHE_DIR"])
+    : join(homedir(), ".cache", "tandem")
 
-export const isBuiltin = (spec: string): spec is `builtin:${BuiltinSize}` => spec === "builtin:tiny" || spec === "builtin:small"
+export const isBuiltin = (spec: string): spec is `builtin:${BuiltinSize}` =>
+  spec === "builtin:tiny" || spec === "builtin:small"
 
 /** The default served model name: `builtin-tiny`, or the directory's basename. */
-export const defaultModelName = (spec: string): string => (isBuiltin(spec) ? spec.replace(":", "-") : basename(resolve(spec)))
+export const defaultModelName = (spec: string): string =>
+  isBuiltin(spec) ? spec.replace(":", "-") : basename(resolve(spec))
 
 const MARKER = ".complete"
 
@@ -26,12 +30,20 @@ const tokenizerFacts = (dir: string) => {
     model?: { vocab?: Record<string, number> | Array<unknown> }
     added_tokens?: Array<{ id: number; content: string }>
   }
-  const tc = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8")) as { eos_token?: unknown; bos_token?: unknown }
+  const tc = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8")) as {
+    eos_token?: unknown
+    bos_token?: unknown
+  }
   const vocab = tj.model?.vocab
   const ids: Array<number> = Array.isArray(vocab) ? [vocab.length - 1] : Object.values(vocab ?? {})
   for (const t of tj.added_tokens ?? []) ids.push(t.id)
   const idOf = (token: unknown): number | undefined => {
-    const content = typeof token === "string" ? token : typeof token === "object" && token !== null && "content" in token ? String((token as { content: unknown }).content) : undefined
+    const content =
+      typeof token === "string"
+        ? token
+        : typeof token === "object" && token !== null && "content" in token
+          ? String((token as { content: unknown }).content)
+          : undefined
     if (content === undefined) return undefined
     const added = tj.added_tokens?.find((t) => t.content === content)
     if (added !== undefined) return added.id
@@ -59,7 +71,8 @@ export const writeModelDir = (outDir: string, options: GenerateOptions): void =>
       ...(facts.bos !== undefined ? { bosTokenId: facts.bos } : {}),
       positionIdsInput: options.positionIdsInput !== false
     })
-    for (const f of ["tokenizer.json", "tokenizer_config.json"]) writeFileSync(join(outDir, f), readFileSync(join(options.tokenizerDir, f)))
+    for (const f of ["tokenizer.json", "tokenizer_config.json"])
+      writeFileSync(join(outDir, f), readFileSync(join(options.tokenizerDir, f)))
     writeFileSync(join(outDir, "model.onnx"), model.onnx)
     writeFileSync(join(outDir, "config.json"), JSON.stringify(model.config, null, 2) + "\n")
     return

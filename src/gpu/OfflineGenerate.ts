@@ -22,7 +22,10 @@ export const generateTokens = async (
   const out: Array<number> = []
   try {
     for (;;) {
-      const picked = sample(suppressEarlyEos(logits, out.length, params.rules), params.sampling, rng, { promptTokens: promptIds, outputTokens: out })
+      const picked = sample(suppressEarlyEos(logits, out.length, params.rules), params.sampling, rng, {
+        promptTokens: promptIds,
+        outputTokens: out
+      })
       rng = picked.rng
       out.push(picked.token)
       const finish = finishAfter(picked.token, out.length, params.rules)

@@ -51,7 +51,11 @@ export class Sequence {
 export interface KvExport {
   readonly descriptor: KvDescriptor
   /** Per layer: key then value, each `[kvHeads, tokens, headDim]` little-endian float32 bytes. */
-  readonly tensors: ReadonlyArray<{ readonly layer: number; readonly kind: "key" | "value"; readonly bytes: Uint8Array }>
+  readonly tensors: ReadonlyArray<{
+    readonly layer: number
+    readonly kind: "key" | "value"
+    readonly bytes: Uint8Array
+  }>
 }
 
 const cudaHelp = (dir: string) =>
@@ -89,7 +93,11 @@ export class Runtime {
     const file = join(dir, "model.onnx")
     if (options.device === "cuda") {
       const bin = ortBinaryDir()
-      if (!["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"].every((f) => existsSync(join(bin, f)))) {
+      if (
+        !["libonnxruntime_providers_shared.so", "libonnxruntime_providers_cuda.so"].every((f) =>
+          existsSync(join(bin, f))
+        )
+      ) {
         throw new ModelLoadError(file, cudaHelp(bin))
       }
     }
@@ -131,12 +139,15 @@ export class Runtime {
    * Prefills several prompts at once (ragged, left-padded). Returns each prompt's new sequence and the
    * logits of its last position.
    */
-  async prefill(prompts: ReadonlyArray<ReadonlyArray<number>>): Promise<Array<{ seq: Sequence; logits: Float32Array }>> {
+  async prefill(
+    prompts: ReadonlyArray<ReadonlyArray<number>>
+  ): Promise<Array<{ seq: Sequence; logits: Float32Array }>> {
     const B = prompts.length
     if (B === 0) return []
     const S = Math.max(...prompts.map((p) => p.length))
     if (S === 0) throw new Error("prefill needs at least one token per prompt")
-    if (S > this.config.maxPositions) throw new Error(`prompt of ${S} tokens exceeds the context ${this.config.maxPositions}`)
+    if (S > this.config.maxPositions)
+      throw new Error(`prompt of ${S} tokens exceeds the context ${this.config.maxPositions}`)
     const ids = new BigInt64Array(B * S)
     const mask = new BigInt64Array(B * S)
     const pos = new BigInt64Array(B * S)
@@ -155,7 +166,13 @@ export class Runtime {
     if (this.hasPositionIds) feeds["position_ids"] = new ort.Tensor("int64", pos, [B, S])
     const { kvHeads, headDim, layers } = this.config
     for (let l = 0; l < layers; l++)
-      for (const kv of ["key", "value"]) feeds[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [B, kvHeads, 0, headDim])
+      for (const kv of ["key", "value"])
+        feeds[`past_key_values.${l}.${kv}`] = new ort.Tensor("float32", new Float32Array(0), [
+          B,
+          kvHeads,
+          0,
+          headDim
+        ])
     const out = await this.session.run(feeds)
     const seqs = prompts.map((p) => {
       const seq = new Sequence()
@@ -170,7 +187,8 @@ export class Runtime {
   async extend(seq: Sequence, tokens: ReadonlyArray<number>): Promise<Float32Array> {
     this.assertLive(seq)
     if (tokens.length === 0) throw new Error("extend needs at least one token")
-    if (seq.length + tokens.length > this.config.maxPositions) throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
+    if (seq.length + tokens.length > this.config.maxPositions)
+      throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
     const S = tokens.length
     const past = this.pastFor([seq])
     const P = past.P
@@ -179,7 +197,12 @@ export class Runtime {
       input_ids: new ort.Tensor("int64", BigInt64Array.from(tokens.map(BigInt)), [1, S]),
       attention_mask: new ort.Tensor("int64", new BigInt64Array(P + S).fill(1n), [1, P + S])
     }
-    if (this.hasPositionIds) feeds["position_ids"] = new ort.Tensor("int64", BigInt64Array.from(tokens.map((_, j) => BigInt(seq.length + j))), [1, S])
+    if (this.hasPositionIds)
+      feeds["position_ids"] = new ort.Tensor(
+        "int64",
+        BigInt64Array.from(tokens.map((_, j) => BigInt(seq.length + j))),
+        [1, S]
+      )
     const out = await this.session.run(feeds)
     seq.length += S
     this.adopt([seq], P + S, out)
@@ -187,13 +210,16 @@ export class Runtime {
   }
 
   /** One decode step over sequences of any lengths: feeds each its next token, returns each one's logits. */
-  async decode(steps: ReadonlyArray<{ readonly seq: Sequence; readonly token: number }>): Promise<Array<Float32Array>> {
+  async decode(
+    steps: ReadonlyArray<{ readonly seq: Sequence; readonly token: number }>
+  ): Promise<Array<Float32Array>> {
     const B = steps.length
     if (B === 0) return []
     const seqs = steps.map((s) => s.seq)
     for (const s of seqs) {
       this.assertLive(s)
-      if (s.length + 1 > this.config.maxPositions) throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
+      if (s.length + 1 > this.config.maxPositions)
+        throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
     }
     if (new Set(seqs).size !== B) throw new Error("a sequence appears twice in one decode step")
     const past = this.pastFor(seqs)
@@ -227,11 +253,22 @@ export class Runtime {
       for (const kind of ["key", "value"] as const) {
         const src = (kind === "key" ? store.keys : store.values)[l] as Float32Array
         const dst = new Float32Array(kvHeads * T * headDim)
-        for (let h = 0; h < kvHeads; h++) dst.set(src.subarray(h * store.capacity * headDim, (h * store.capacity + T) * headDim), h * T * headDim)
+        for (let h = 0; h < kvHeads; h++)
+          dst.set(
+            src.subarray(h * store.capacity * headDim, (h * store.capacity + T) * headDim),
+            h * T * headDim
+          )
         tensors.push({ layer: l, kind, bytes: new Uint8Array(dst.buffer) })
       }
     return {
-      descriptor: { modelFingerprint: this.fingerprint, layers, kvHeads, headDim, dtype: "float32", tokenCount: T },
+      descriptor: {
+        modelFingerprint: this.fingerprint,
+        layers,
+        kvHeads,
+        headDim,
+        dtype: "float32",
+        tokenCount: T
+      },
       tensors
     }
   }
@@ -242,12 +279,18 @@ export class Runtime {
    */
   importKv(descriptor: KvDescriptor, tensors: ReadonlyArray<Uint8Array>): Sequence {
     const { layers, kvHeads, headDim } = this.config
-    if (descriptor.modelFingerprint !== this.fingerprint || descriptor.layers !== layers || descriptor.kvHeads !== kvHeads || descriptor.headDim !== headDim) {
+    if (
+      descriptor.modelFingerprint !== this.fingerprint ||
+      descriptor.layers !== layers ||
+      descriptor.kvHeads !== kvHeads ||
+      descriptor.headDim !== headDim
+    ) {
       throw new Error("KV descriptor does not match this model")
     }
     const T = descriptor.tokenCount
     const expected = kvHeads * T * headDim * 4
-    if (tensors.length !== 2 * layers || tensors.some((t) => t.byteLength !== expected)) throw new Error("KV tensors do not match the descriptor")
+    if (tensors.length !== 2 * layers || tensors.some((t) => t.byteLength !== expected))
+      throw new Error("KV tensors do not match the descriptor")
     const toFloats = (b: Uint8Array) => {
       const out = new Float32Array(b.byteLength / 4)
       new Uint8Array(out.buffer).set(b)
@@ -287,7 +330,8 @@ export class Runtime {
   private adopt(seqs: ReadonlyArray<Sequence>, P: number, out: ort.InferenceSession.OnnxValueMapType): void {
     const tensors: Record<string, ort.Tensor> = {}
     for (let l = 0; l < this.config.layers; l++)
-      for (const kv of ["key", "value"]) tensors[`past_key_values.${l}.${kv}`] = out[`present.${l}.${kv}`] as ort.Tensor
+      for (const kv of ["key", "value"])
+        tensors[`past_key_values.${l}.${kv}`] = out[`present.${l}.${kv}`] as ort.Tensor
     const batch: PackedBatch = { seqs, P, tensors }
     seqs.forEach((s, row) => {
       s.owner = { batch, row }
@@ -299,11 +343,16 @@ export class Runtime {
   /** Past tensors for `seqs` in this order: the last batch's presents when it is the same batch, else packed. */
   private pastFor(seqs: ReadonlyArray<Sequence>): { P: number; tensors: Record<string, ort.Tensor> } {
     const last = this.lastBatch
-    if (last !== undefined && last.seqs.length === seqs.length && seqs.every((s, i) => last.seqs[i] === s && s.owner?.batch === last && s.owner.row === i)) {
+    if (
+      last !== undefined &&
+      last.seqs.length === seqs.length &&
+      seqs.every((s, i) => last.seqs[i] === s && s.owner?.batch === last && s.owner.row === i)
+    ) {
       return { P: last.P, tensors: last.tensors }
     }
     // Every member of the previous batch leaves it now, so its tensors can be dropped.
-    if (last !== undefined) for (const s of last.seqs) if (!s.freed && s.owner?.batch === last) this.materialize(s)
+    if (last !== undefined)
+      for (const s of last.seqs) if (!s.freed && s.owner?.batch === last) this.materialize(s)
     const stores = seqs.map((s) => this.materialize(s))
     const { layers, kvHeads, headDim } = this.config
     const B = seqs.length
@@ -316,7 +365,10 @@ export class Runtime {
           const store = stores[b] as KvStore
           const src = (kind === "key" ? store.keys : store.values)[l] as Float32Array
           for (let h = 0; h < kvHeads; h++) {
-            dst.set(src.subarray(h * store.capacity * headDim, (h * store.capacity + s.length) * headDim), ((b * kvHeads + h) * P + (P - s.length)) * headDim)
+            dst.set(
+              src.subarray(h * store.capacity * headDim, (h * store.capacity + s.length) * headDim),
+              ((b * kvHeads + h) * P + (P - s.length)) * headDim
+            )
           }
         })
         tensors[`past_key_values.${l}.${kind}`] = new ort.Tensor("float32", dst, [B, kvHeads, P, headDim])
@@ -373,15 +425,24 @@ const checkLayout = (file: string, session: ort.InferenceSession, config: ModelC
       need(outputs, `present.${l}.${kv}`, "output")
     }
   if (inputs.has(`past_key_values.${config.layers}.key`)) {
-    throw new ModelLoadError(file, `I/O layout does not match: the model has more layers than config.json's ${config.layers}`)
+    throw new ModelLoadError(
+      file,
+      `I/O layout does not match: the model has more layers than config.json's ${config.layers}`
+    )
   }
   for (const meta of session.inputMetadata) {
     if (!meta.isTensor || !meta.name.startsWith("past_key_values.")) continue
     if (meta.type !== "float32") {
-      throw new ModelLoadError(file, `KV dtype ${meta.type} of "${meta.name}" is not supported (float32 only for now)`)
+      throw new ModelLoadError(
+        file,
+        `KV dtype ${meta.type} of "${meta.name}" is not supported (float32 only for now)`
+      )
     }
     const [, heads, , dim] = meta.shape
-    if ((typeof heads === "number" && heads !== config.kvHeads) || (typeof dim === "number" && dim !== config.headDim)) {
+    if (
+      (typeof heads === "number" && heads !== config.kvHeads) ||
+      (typeof dim === "number" && dim !== config.headDim)
+    ) {
       throw new ModelLoadError(
         file,
         `I/O layout does not match: "${meta.name}" has shape [${meta.shape.join(", ")}], config.json says ${config.kvHeads} KV heads of size ${config.headDim}`

@@ -7,10 +7,20 @@ import { Template } from "@huggingface/jinja"
 import { Tokenizer } from "@huggingface/tokenizers"
 import { join } from "node:path"
 import type { ChatMessage } from "../domain/OpenAiRequest.js"
-import { ModelLoadError, readModelConfig, readTokenizerFiles, tokenizerFingerprint, type ModelConfig } from "./ModelDir.js"
+import {
+  ModelLoadError,
+  readModelConfig,
+  readTokenizerFiles,
+  tokenizerFingerprint,
+  type ModelConfig
+} from "./ModelDir.js"
 
 const tokenText = (t: unknown): string | undefined =>
-  typeof t === "string" ? t : typeof t === "object" && t !== null && "content" in t && typeof t.content === "string" ? t.content : undefined
+  typeof t === "string"
+    ? t
+    : typeof t === "object" && t !== null && "content" in t && typeof t.content === "string"
+      ? t.content
+      : undefined
 
 export class TextCodec {
   private constructor(
@@ -40,14 +50,20 @@ export class TextCodec {
       typeof rawTemplate === "string"
         ? rawTemplate
         : Array.isArray(rawTemplate)
-          ? tokenText((rawTemplate as Array<{ name?: string; template?: string }>).find((t) => t.name === "default")?.template)
+          ? tokenText(
+              (rawTemplate as Array<{ name?: string; template?: string }>).find((t) => t.name === "default")
+                ?.template
+            )
           : undefined
     let template: Template | undefined
     if (templateText !== undefined) {
       try {
         template = new Template(templateText)
       } catch (e) {
-        throw new ModelLoadError(join(dir, "tokenizer_config.json"), `chat_template does not parse (${(e as Error).message})`)
+        throw new ModelLoadError(
+          join(dir, "tokenizer_config.json"),
+          `chat_template does not parse (${(e as Error).message})`
+        )
       }
     }
     const specialTokens: Record<string, string> = {}
@@ -60,8 +76,18 @@ export class TextCodec {
     const eosId = eosText === undefined ? undefined : tokenizer.token_to_id(eosText)
     if (eosId !== undefined) eos.add(eosId)
     const missing: Array<number> = []
-    for (let id = 0; id < config.vocabSize; id++) if (tokenizer.id_to_token(id) === undefined) missing.push(id)
-    return new TextCodec(dir, tokenizer, template, specialTokens, config, eos, Int32Array.from(missing), tokenizerFingerprint(dir))
+    for (let id = 0; id < config.vocabSize; id++)
+      if (tokenizer.id_to_token(id) === undefined) missing.push(id)
+    return new TextCodec(
+      dir,
+      tokenizer,
+      template,
+      specialTokens,
+      config,
+      eos,
+      Int32Array.from(missing),
+      tokenizerFingerprint(dir)
+    )
   }
 
   get hasChatTemplate(): boolean {
@@ -76,10 +102,16 @@ export class TextCodec {
   /** The conversation rendered by the chat template, with `add_generation_prompt`. */
   renderChat(messages: ReadonlyArray<ChatMessage>): string {
     if (this.template === undefined) {
-      throw new ModelLoadError(join(this.dir, "tokenizer_config.json"), "has no chat_template: use /v1/completions")
+      throw new ModelLoadError(
+        join(this.dir, "tokenizer_config.json"),
+        "has no chat_template: use /v1/completions"
+      )
     }
     return this.template.render({
-      messages: messages.map((m) => ({ role: m.role === "developer" ? "system" : m.role, content: m.content })),
+      messages: messages.map((m) => ({
+        role: m.role === "developer" ? "system" : m.role,
+        content: m.content
+      })),
       add_generation_prompt: true,
       ...this.specialTokens
     })
@@ -91,7 +123,13 @@ export class TextCodec {
   }
 
   decode(ids: ReadonlyArray<number>, skipSpecialTokens = true): string {
-    return this.tokenizer.decode([...ids], { skip_special_tokens: skipSpecialTokens })
+    if (ids.length === 0) return ""
+    // No clean-up of tokenization spaces (" ," -> ","): it is not prefix-stable, so streamed and
+    // non-streamed text would differ.
+    return this.tokenizer.decode([...ids], {
+      skip_special_tokens: skipSpecialTokens,
+      clean_up_tokenization_spaces: false
+    })
   }
 }
 

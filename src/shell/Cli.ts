@@ -2,7 +2,9 @@
 import { Flag } from "effect/cli"
 
 export const modelFlag = Flag.String("model").pipe(
-  Flag.withDescription("Model directory (Optimum decoder export) or builtin:tiny / builtin:small (default builtin:tiny)"),
+  Flag.withDescription(
+    "Model directory (Optimum decoder export) or builtin:tiny / builtin:small (default builtin:tiny)"
+  ),
   Flag.withDefault("builtin:tiny")
 )
 
@@ -12,6 +14,8 @@ export const threadsFlag = Flag.Int("threads").pipe(
 )
 
 export const deviceFlag = Flag.Literals("device", ["cpu", "cuda"]).pipe(
-  Flag.withDescription("cpu, or cuda when onnxruntime's CUDA libraries are installed; never a silent fallback (default cpu)"),
+  Flag.withDescription(
+    "cpu, or cuda when onnxruntime's CUDA libraries are installed; never a silent fallback (default cpu)"
+  ),
   Flag.withDefault("cpu" as const)
 )

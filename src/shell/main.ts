@@ -7,7 +7,9 @@ import { modelCommand } from "./commands/ModelCommand.js"
 import { VERSION } from "./Version.js"
 
 const tandem = Command.make("tandem").pipe(
-  Command.withDescription("Disaggregated prefill/decode LLM serving: an OpenAI-compatible router, prefill and decode nodes")
+  Command.withDescription(
+    "Disaggregated prefill/decode LLM serving: an OpenAI-compatible router, prefill and decode nodes"
+  )
 )
 
 tandem.pipe(
@@ -15,7 +17,11 @@ tandem.pipe(
   Command.run({ version: VERSION }),
   // One clean line per failure on stderr (no stack trace), and a non-zero exit.
   // CLI errors were already printed with the help text.
-  Effect.tapError((e) => (CliError.isCliError(e) ? Effect.void : Console.error(`tandem: ${e instanceof Error ? e.message : String(e)}`))),
+  Effect.tapError((e) =>
+    CliError.isCliError(e)
+      ? Effect.void
+      : Console.error(`tandem: ${e instanceof Error ? e.message : String(e)}`)
+  ),
   Effect.provide(NodeServices.layer),
   (program) => NodeRuntime.runMain(program, { disableErrorReporting: true })
 )

@@ -126,7 +126,14 @@ describe.each(["tiny", "small"] as const)("Runtime on builtin:%s", (size) => {
     const [p] = await rt.prefill([prompt(3, 5)])
     rt.free(p!.seq)
     await expect(rt.decode([{ seq: p!.seq, token: 5 }])).rejects.toThrow("freed")
-    const bad = { modelFingerprint: rt.fingerprint, layers: rt.config.layers + 1, kvHeads: 1, headDim: 1, dtype: "float32" as const, tokenCount: 1 }
+    const bad = {
+      modelFingerprint: rt.fingerprint,
+      layers: rt.config.layers + 1,
+      kvHeads: 1,
+      headDim: 1,
+      dtype: "float32" as const,
+      tokenCount: 1
+    }
     expect(() => rt.importKv(bad, [])).toThrow()
   })
 })
@@ -141,7 +148,8 @@ describe("the generated graph is the intended math", () => {
     for (let k = 1; k <= ids.length; k++) {
       const [p] = await rt.prefill([ids.slice(0, k)])
       const row = ref.subarray((k - 1) * V, k * V)
-      for (let v = 0; v < V; v++) if (Number.isFinite(p!.logits[v])) worst = Math.max(worst, Math.abs(p!.logits[v]! - row[v]!))
+      for (let v = 0; v < V; v++)
+        if (Number.isFinite(p!.logits[v])) worst = Math.max(worst, Math.abs(p!.logits[v]! - row[v]!))
       rt.free(p!.seq)
     }
     expect(worst).toBeLessThanOrEqual(1e-4)

@@ -6,7 +6,8 @@ import type { BuiltinSize } from "../../src/gpu/ModelGenerator.js"
 
 export const testCacheDir = join(tmpdir(), "tandem-test-models")
 
-export const builtinDir = (size: BuiltinSize): string => ensureBuiltin(size, { TANDEM_CACHE_DIR: testCacheDir })
+export const builtinDir = (size: BuiltinSize): string =>
+  ensureBuiltin(size, { TANDEM_CACHE_DIR: testCacheDir })
 
 export const argmax = (a: Float32Array): number => {
   let best = 0

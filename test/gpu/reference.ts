@@ -10,12 +10,26 @@ const { onnx } = onnxProto
 
 export const referenceLogits = (dir: string, tokens: ReadonlyArray<number>): Float64Array => {
   const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, number>
-  const D = cfg["hidden_size"]!, L = cfg["num_hidden_layers"]!, H = cfg["num_attention_heads"]!, KV = cfg["num_key_value_heads"]!
-  const Dh = cfg["head_dim"]!, V = cfg["vocab_size"]!, FF = cfg["intermediate_size"]!, eps = cfg["rms_norm_eps"]!, theta = cfg["rope_theta"]!
+  const D = cfg["hidden_size"]!,
+    L = cfg["num_hidden_layers"]!,
+    H = cfg["num_attention_heads"]!,
+    KV = cfg["num_key_value_heads"]!
+  const Dh = cfg["head_dim"]!,
+    V = cfg["vocab_size"]!,
+    FF = cfg["intermediate_size"]!,
+    eps = cfg["rms_norm_eps"]!,
+    theta = cfg["rope_theta"]!
   const model = onnx.ModelProto.decode(readFileSync(join(dir, "model.onnx")))
   const W = new Map<string, Float32Array>()
   for (const t of model.graph?.initializer ?? []) {
-    if (t.dataType !== 1 || t.rawData === null || t.rawData === undefined || t.name === null || t.name === undefined) continue
+    if (
+      t.dataType !== 1 ||
+      t.rawData === null ||
+      t.rawData === undefined ||
+      t.name === null ||
+      t.name === undefined
+    )
+      continue
     const b = t.rawData
     W.set(t.name, new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)))
   }
@@ -49,8 +63,11 @@ export const referenceLogits = (dir: string, tokens: ReadonlyArray<number>): Flo
       for (let h = 0; h < heads; h++)
         for (let i = 0; i < Dh / 2; i++) {
           const a = p / Math.pow(theta, (2 * i) / Dh)
-          const c = Math.cos(a), s = Math.sin(a), o = p * heads * Dh + h * Dh
-          const x1 = x[o + i]!, x2 = x[o + i + Dh / 2]!
+          const c = Math.cos(a),
+            s = Math.sin(a),
+            o = p * heads * Dh + h * Dh
+          const x1 = x[o + i]!,
+            x2 = x[o + i + Dh / 2]!
           x[o + i] = x1 * c - x2 * s
           x[o + i + Dh / 2] = x2 * c + x1 * s
         }
@@ -80,7 +97,9 @@ export const referenceLogits = (dir: string, tokens: ReadonlyArray<number>): Flo
         const m = Math.max(...sc)
         const e = sc.map((s) => Math.exp(s - m))
         const z = e.reduce((a, b) => a + b)
-        for (let j = 0; j <= i; j++) for (let d = 0; d < Dh; d++) ctx[i * D + hh * Dh + d]! += (e[j]! / z) * v[j * KV * Dh + kh * Dh + d]!
+        for (let j = 0; j <= i; j++)
+          for (let d = 0; d < Dh; d++)
+            ctx[i * D + hh * Dh + d]! += (e[j]! / z) * v[j * KV * Dh + kh * Dh + d]!
       }
     }
     const o = matmul(ctx, w(`${p}.self_attn.o_proj.weight`), N, D, D)

@@ -12,12 +12,26 @@ export const generateCommand = Command.make(
   "generate",
   {
     model: modelFlag,
-    prompt: Flag.String("prompt").pipe(Flag.withDescription("The raw prompt (special tokens as the tokenizer config says)")),
-    maxTokens: Flag.Int("max-tokens").pipe(Flag.withDescription("Tokens to generate at most (default 16)"), Flag.withDefault(16)),
-    temperature: Flag.Finite("temperature").pipe(Flag.withDescription("0 = greedy (default 1)"), Flag.withDefault(1)),
+    prompt: Flag.String("prompt").pipe(
+      Flag.withDescription("The raw prompt (special tokens as the tokenizer config says)")
+    ),
+    maxTokens: Flag.Int("max-tokens").pipe(
+      Flag.withDescription("Tokens to generate at most (default 16)"),
+      Flag.withDefault(16)
+    ),
+    temperature: Flag.Finite("temperature").pipe(
+      Flag.withDescription("0 = greedy (default 1)"),
+      Flag.withDefault(1)
+    ),
     seed: Flag.Int("seed").pipe(Flag.withDescription("PRNG seed (default 0)"), Flag.withDefault(0)),
-    ignoreEos: Flag.Boolean("ignore-eos").pipe(Flag.withDescription("Keep generating past EOS (default false)"), Flag.withDefault(false)),
-    json: Flag.Boolean("json").pipe(Flag.withDescription("Print {prompt_token_ids, token_ids, text, finish_reason} as JSON"), Flag.withDefault(false)),
+    ignoreEos: Flag.Boolean("ignore-eos").pipe(
+      Flag.withDescription("Keep generating past EOS (default false)"),
+      Flag.withDefault(false)
+    ),
+    json: Flag.Boolean("json").pipe(
+      Flag.withDescription("Print {prompt_token_ids, token_ids, text, finish_reason} as JSON"),
+      Flag.withDefault(false)
+    ),
     threads: threadsFlag,
     device: deviceFlag
   },
@@ -29,16 +43,27 @@ export const generateCommand = Command.make(
         try: async () => {
           const dir = resolveModelDir(flags.model)
           const codec = TextCodec.load(dir)
-          const runtime = await Runtime.load(dir, { device: flags.device, threads: flags.threads, maskedIds: codec.idsWithoutToken })
+          const runtime = await Runtime.load(dir, {
+            device: flags.device,
+            threads: flags.threads,
+            maskedIds: codec.idsWithoutToken
+          })
           const promptIds = codec.encode(flags.prompt)
           if (promptIds.length === 0) throw new Error("--prompt encodes to no tokens")
           if (promptIds.length + flags.maxTokens > codec.config.maxPositions) {
-            throw new Error(`--max-tokens ${flags.maxTokens} + prompt ${promptIds.length} tokens exceeds the context ${codec.config.maxPositions}`)
+            throw new Error(
+              `--max-tokens ${flags.maxTokens} + prompt ${promptIds.length} tokens exceeds the context ${codec.config.maxPositions}`
+            )
           }
           const out = await generateTokens(runtime, promptIds, {
             sampling: { ...greedySampling, temperature: flags.temperature },
             seed: flags.seed,
-            rules: { maxTokens: flags.maxTokens, minTokens: 0, ignoreEos: flags.ignoreEos, eosTokenIds: codec.eosTokenIds }
+            rules: {
+              maxTokens: flags.maxTokens,
+              minTokens: 0,
+              ignoreEos: flags.ignoreEos,
+              eosTokenIds: codec.eosTokenIds
+            }
           })
           return { promptIds, ...out, text: codec.decode(out.tokenIds) }
         },
@@ -46,7 +71,12 @@ export const generateCommand = Command.make(
       })
       if (flags.json) {
         yield* Console.log(
-          JSON.stringify({ prompt_token_ids: result.promptIds, token_ids: result.tokenIds, text: result.text, finish_reason: result.finishReason })
+          JSON.stringify({
+            prompt_token_ids: result.promptIds,
+            token_ids: result.tokenIds,
+            text: result.text,
+            finish_reason: result.finishReason
+          })
         )
       } else {
         yield* Console.log(result.text)

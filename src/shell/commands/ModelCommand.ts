@@ -7,10 +7,19 @@ import { writeModelDir } from "../../gpu/ModelStore.js"
 const gen = Command.make(
   "gen",
   {
-    size: Flag.Literals("size", ["tiny", "small"]).pipe(Flag.withDescription("tiny (~0.4M parameters) or small (~10M) (default tiny)"), Flag.withDefault("tiny" as const)),
-    out: Flag.String("out").pipe(Flag.withDescription("Directory to write model.onnx, config.json, tokenizer.json and tokenizer_config.json into")),
+    size: Flag.Literals("size", ["tiny", "small"]).pipe(
+      Flag.withDescription("tiny (~0.4M parameters) or small (~10M) (default tiny)"),
+      Flag.withDefault("tiny" as const)
+    ),
+    out: Flag.String("out").pipe(
+      Flag.withDescription(
+        "Directory to write model.onnx, config.json, tokenizer.json and tokenizer_config.json into"
+      )
+    ),
     tokenizer: Flag.String("tokenizer").pipe(
-      Flag.withDescription("Build the model over this directory's tokenizer.json vocabulary and copy its tokenizer files"),
+      Flag.withDescription(
+        "Build the model over this directory's tokenizer.json vocabulary and copy its tokenizer files"
+      ),
       Flag.optional
     )
   },
