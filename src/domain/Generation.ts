@@ -2,7 +2,8 @@
  * Per-sequence generation rules the nodes apply: EOS (unless `ignore_eos`), `min_tokens` (EOS is
  * suppressed until then) and `max_tokens`.
  */
-import type { FinishReason } from "./WireFrames.js"
+import { type Rng, rngFromSeed, sample } from "./Sampling.js"
+import type { FinishReason, Generation } from "./WireFrames.js"
 
 export interface StopRules {
   readonly maxTokens: number
@@ -24,4 +25,26 @@ export const suppressEarlyEos = (logits: Float32Array, generated: number, rules:
   const out = Float32Array.from(logits)
   for (const id of rules.eosTokenIds) if (id < out.length) out[id] = -Infinity
   return out
+}
+
+export const stopRulesOf = (g: Generation, eosTokenIds: ReadonlySet<number>): StopRules => ({
+  maxTokens: g.maxTokens,
+  minTokens: g.minTokens,
+  ignoreEos: g.ignoreEos,
+  eosTokenIds
+})
+
+/** The first token, sampled from the prompt's last logits with the request's seed (prefill side). */
+export const sampleFirstToken = (
+  logits: Float32Array,
+  g: Generation,
+  promptTokens: ReadonlyArray<number>,
+  eosTokenIds: ReadonlySet<number>
+): { readonly token: number; readonly rng: Rng; readonly finish: FinishReason | undefined } => {
+  const rules = stopRulesOf(g, eosTokenIds)
+  const picked = sample(suppressEarlyEos(logits, 0, rules), g.sampling, rngFromSeed(g.seed), {
+    promptTokens,
+    outputTokens: []
+  })
+  return { token: picked.token, rng: picked.rng, finish: finishAfter(picked.token, 1, rules) }
 }

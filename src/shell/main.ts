@@ -1,9 +1,11 @@
 /** Composition root of the `tandem` command. */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect } from "effect"
+import { NodeServices } from "@effect/platform-node"
+import { Cause, Effect, Exit } from "effect"
 import { CliError, Command } from "effect/cli"
 import { generateCommand } from "./commands/GenerateCommand.js"
 import { modelCommand } from "./commands/ModelCommand.js"
+import { decodeCommand, prefillCommand, routerCommand, serveCommand } from "./commands/RoleCommands.js"
+import { upCommand } from "./commands/UpCommand.js"
 import { VERSION } from "./Version.js"
 
 const tandem = Command.make("tandem").pipe(
@@ -12,16 +14,29 @@ const tandem = Command.make("tandem").pipe(
   )
 )
 
-tandem.pipe(
-  Command.withSubcommands([generateCommand, modelCommand]),
+const program = tandem.pipe(
+  Command.withSubcommands([
+    serveCommand,
+    upCommand,
+    routerCommand,
+    prefillCommand,
+    decodeCommand,
+    generateCommand,
+    modelCommand
+  ]),
   Command.run({ version: VERSION }),
-  // One clean line per failure on stderr (no stack trace), and a non-zero exit.
-  // CLI errors were already printed with the help text.
-  Effect.tapError((e) =>
-    CliError.isCliError(e)
-      ? Effect.void
-      : Console.error(`tandem: ${e instanceof Error ? e.message : String(e)}`)
-  ),
-  Effect.provide(NodeServices.layer),
-  (program) => NodeRuntime.runMain(program, { disableErrorReporting: true })
+  Effect.provide(NodeServices.layer)
 )
+
+// Long-running roles handle SIGINT/SIGTERM themselves (drain, then exit 0), so no runtime-level handler.
+void Effect.runPromiseExit(program).then((exit) => {
+  if (Exit.isSuccess(exit)) return
+  const error = Cause.squash(exit.cause)
+  if (CliError.isCliError(error)) {
+    // Already printed with the help text.
+    process.exitCode = error._tag === "ShowHelp" && error.errors.length === 0 ? 0 : 1
+    return
+  }
+  process.stderr.write(`tandem: ${error instanceof Error ? error.message : String(error)}\n`)
+  process.exitCode = 1
+})

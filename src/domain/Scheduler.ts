@@ -1,0 +1,56 @@
+/**
+ * Iteration-level scheduling, decided purely from a snapshot. Each engine iteration runs at most one
+ * prefill batch (bounded by `maxBatchPrefillTokens`; prompts longer than `prefillChunk` go one chunk per
+ * iteration, so short prompts are not stuck behind them) and then one decode step over every live
+ * sequence (bounded by `maxBatch`). Waiting decode sequences join in arrival order as capacity frees up.
+ */
+
+export interface SchedulerLimits {
+  readonly maxBatch: number
+  readonly maxBatchPrefillTokens: number
+  readonly prefillChunk: number
+}
+
+export const defaultSchedulerLimits: SchedulerLimits = {
+  maxBatch: 32,
+  maxBatchPrefillTokens: 4096,
+  prefillChunk: 512
+}
+
+export interface PrefillJobView {
+  readonly id: string
+  /** Prompt tokens not yet prefilled. */
+  readonly remaining: number
+  /** True when part of the prompt is already in the KV (a chunked prefill in progress). */
+  readonly started: boolean
+}
+
+export interface IterationPlan {
+  /** Jobs starting from an empty cache this iteration, prefilled together, with their token counts. */
+  readonly fresh: ReadonlyArray<{ readonly id: string; readonly tokens: number }>
+  /** Jobs continuing a chunked prefill (one chunk each). */
+  readonly continued: ReadonlyArray<{ readonly id: string; readonly tokens: number }>
+  /** Waiting decode sequences admitted into the running batch this iteration. */
+  readonly admitDecodes: number
+}
+
+export const planIteration = (
+  prefillQueue: ReadonlyArray<PrefillJobView>,
+  decode: { readonly running: number; readonly waiting: number },
+  limits: SchedulerLimits
+): IterationPlan => {
+  const chunk = Math.max(1, limits.prefillChunk)
+  let budget = Math.max(chunk, limits.maxBatchPrefillTokens)
+  const fresh: Array<{ id: string; tokens: number }> = []
+  const continued: Array<{ id: string; tokens: number }> = []
+  for (const job of prefillQueue) {
+    if (budget <= 0) break
+    const tokens = Math.min(job.remaining, chunk)
+    if (tokens > budget && fresh.length + continued.length > 0) break
+    if (job.started) continued.push({ id: job.id, tokens })
+    else fresh.push({ id: job.id, tokens })
+    budget -= tokens
+  }
+  const free = Math.max(0, limits.maxBatch - decode.running)
+  return { fresh, continued, admitDecodes: Math.min(free, decode.waiting) }
+}

@@ -1,0 +1,325 @@
+/**
+ * `tandem decode`: takes KV from prefill nodes (several at once; chunks of different requests interleave),
+ * validates it (fingerprint, geometry, limits, bounds, overlaps, checksum) before admitting it, joins the
+ * request to its continuous batch, and streams tokens to the router on the connection that sent `Expect`.
+ *
+ * A request is a slot: the router's `Expect` and the prefill node's KV may arrive in either order; a slot
+ * with only one of them lives at most `--kv-lease`; a partial handoff is dropped at once when its
+ * sender's connection closes. A `Cancel` leaves a short tombstone so late frames are dropped.
+ */
+import {
+  acceptKvChunk,
+  isKvComplete,
+  startKvAssembly,
+  validateKvDescriptor,
+  type KvAssembly
+} from "../domain/KvHandoff.js"
+import { stopRulesOf } from "../domain/Generation.js"
+import type { ErrorCode, FrameOf, Generation } from "../domain/WireFrames.js"
+import type { Connection } from "./Connection.js"
+import type { Logger } from "./Log.js"
+import { loadOf, sha256Hex, type RoleNodeCore } from "./RoleNode.js"
+
+const MAX_SLOTS = 4096
+const TOMBSTONE_MS = 60_000
+
+interface Handoff {
+  readonly conn: Connection
+  readonly begin: FrameOf<"KvBegin">
+  assembly: KvAssembly
+  readonly tensors: ReadonlyArray<Uint8Array>
+  readonly startedAt: number
+}
+
+interface Slot {
+  readonly id: string
+  expect?: { readonly router: Connection; readonly generation: Generation }
+  handoff?: Handoff | undefined
+  /** KV complete and imported (held by the engine), waiting for Expect. */
+  ready?: {
+    readonly firstToken: number
+    readonly rngState: number
+    readonly promptTokens: ReadonlyArray<number>
+  }
+  decoding: boolean
+  lease: NodeJS.Timeout | undefined
+}
+
+export class DecodeNode {
+  private readonly slots = new Map<string, Slot>()
+  private readonly tombstones = new Map<string, number>()
+
+  constructor(
+    private readonly core: RoleNodeCore,
+    private readonly kvLeaseMs: number,
+    private readonly log: Logger,
+    private readonly connections: () => Iterable<Connection>
+  ) {}
+
+  /** KV bytes of handoffs still arriving. */
+  pendingKvBytes(): number {
+    let n = 0
+    for (const s of this.slots.values()) if (s.handoff !== undefined) n += s.handoff.assembly.receivedBytes
+    return n
+  }
+
+  attach(conn: Connection): void {
+    conn.on({
+      frame: (f) => {
+        if ("id" in f && f.id !== undefined && this.isTombstoned(f.id) && f._tag !== "Cancel") return
+        switch (f._tag) {
+          case "Expect":
+            return this.onExpect(conn, f)
+          case "KvBegin":
+            return this.onKvBegin(conn, f)
+          case "KvChunk":
+            return this.onKvChunk(conn, f)
+          case "KvEnd":
+            return this.onKvEnd(conn, f)
+          case "Cancel":
+            return this.cancel(f.id, "cancelled")
+          case "Heartbeat":
+            void conn
+              .send({
+                _tag: "HeartbeatReply",
+                nonce: f.nonce,
+                load: loadOf(this.core, this.connections(), this.pendingKvBytes())
+              })
+              .catch(() => {})
+            return
+          default:
+            void conn
+              .send({
+                _tag: "Error",
+                ...("id" in f && f.id !== undefined ? { id: f.id } : {}),
+                code: "bad_frame",
+                message: `a decode node does not take ${f._tag} frames`
+              })
+              .catch(() => {})
+        }
+      },
+      invalid: (message, id) => {
+        this.log.warn("bad frame", {
+          peer: `${conn.peer.role}/${conn.peer.nodeId}`,
+          reason: message,
+          request_id: id
+        })
+        if (id !== undefined) this.fail(id, "bad_frame", message)
+      },
+      close: () => {
+        for (const s of [...this.slots.values()]) {
+          // A partial handoff from a closed sender is dropped at once; so is everything a closed router asked for.
+          if (s.handoff?.conn === conn)
+            this.fail(s.id, "unavailable", "the prefill node's connection closed during the KV handoff")
+          else if (s.expect?.router === conn) this.cancel(s.id, "router connection closed")
+        }
+      }
+    })
+  }
+
+  private slot(id: string): Slot | undefined {
+    let s = this.slots.get(id)
+    if (s !== undefined) return s
+    if (this.slots.size >= MAX_SLOTS) return undefined
+    s = { id, decoding: false, lease: undefined }
+    s.lease = setTimeout(
+      () => this.fail(id, "lease_expired", `no matching Expect/KV within the ${this.kvLeaseMs} ms lease`),
+      this.kvLeaseMs
+    )
+    this.slots.set(id, s)
+    return s
+  }
+
+  private isTombstoned(id: string): boolean {
+    const until = this.tombstones.get(id)
+    if (until === undefined) return false
+    if (until < Date.now()) {
+      this.tombstones.delete(id)
+      return false
+    }
+    return true
+  }
+
+  private tombstone(id: string): void {
+    if (this.tombstones.size > 10_000)
+      for (const [k, until] of this.tombstones) if (until < Date.now()) this.tombstones.delete(k)
+    this.tombstones.set(id, Date.now() + TOMBSTONE_MS)
+  }
+
+  private onExpect(router: Connection, f: FrameOf<"Expect">): void {
+    const s = this.slot(f.id)
+    if (s === undefined)
+      return void router
+        .send({
+          _tag: "Error",
+          id: f.id,
+          code: "over_capacity",
+          message: "decode node's request table is full"
+        })
+        .catch(() => {})
+    if (s.expect !== undefined)
+      return void router
+        .send({ _tag: "Error", id: f.id, code: "bad_frame", message: `duplicate Expect for ${f.id}` })
+        .catch(() => {})
+    s.expect = { router, generation: f.generation }
+    this.maybeStart(s)
+  }
+
+  private onKvBegin(conn: Connection, f: FrameOf<"KvBegin">): void {
+    const refuse = (code: ErrorCode, message: string) => {
+      void conn.send({ _tag: "Error", id: f.id, code, message }).catch(() => {})
+      this.fail(f.id, code, message)
+    }
+    if (conn.peer.role !== "prefill") return refuse("bad_frame", "KV comes from prefill nodes only")
+    const s = this.slot(f.id)
+    if (s === undefined)
+      return void conn
+        .send({
+          _tag: "Error",
+          id: f.id,
+          code: "over_capacity",
+          message: "decode node's request table is full"
+        })
+        .catch(() => {})
+    if (s.handoff !== undefined || s.ready !== undefined)
+      return refuse("bad_frame", `duplicate KvBegin for ${f.id}`)
+    const free = loadOf(this.core, [], this.pendingKvBytes()).freeKvBytes
+    const check = validateKvDescriptor(f.descriptor, this.core.runtime.geometry, { freeBytes: free })
+    if (check._tag === "Invalid") return refuse(check.code, check.reason)
+    if (f.tokens.length !== f.descriptor.tokenCount)
+      return refuse(
+        "kv_invalid",
+        `KvBegin carries ${f.tokens.length} prompt tokens for ${f.descriptor.tokenCount} KV positions`
+      )
+    const assembly = startKvAssembly(f.descriptor)
+    s.handoff = {
+      conn,
+      begin: f,
+      assembly,
+      tensors: Array.from({ length: 2 * f.descriptor.layers }, () => new Uint8Array(assembly.tensorBytes)),
+      startedAt: performance.now()
+    }
+  }
+
+  private onKvChunk(conn: Connection, f: FrameOf<"KvChunk">): void {
+    const h = this.slots.get(f.id)?.handoff
+    if (h === undefined || h.conn !== conn) {
+      void conn
+        .send({
+          _tag: "Error",
+          id: f.id,
+          code: "unknown_request",
+          message: `no KV handoff ${f.id} in progress on this connection`
+        })
+        .catch(() => {})
+      return
+    }
+    const r = acceptKvChunk(h.assembly, {
+      layer: f.layer,
+      kind: f.kind,
+      offset: f.offset,
+      length: f.bytes.byteLength
+    })
+    if (r._tag === "Rejected") {
+      void conn.send({ _tag: "Error", id: f.id, code: "kv_invalid", message: r.reason }).catch(() => {})
+      return this.fail(f.id, "kv_invalid", r.reason)
+    }
+    h.assembly = r.assembly
+    ;(h.tensors[r.tensor] as Uint8Array).set(f.bytes, f.offset)
+    this.core.metrics.kvBytesReceived.inc(f.bytes.byteLength)
+  }
+
+  private onKvEnd(conn: Connection, f: FrameOf<"KvEnd">): void {
+    const s = this.slots.get(f.id)
+    const h = s?.handoff
+    if (s === undefined || h === undefined || h.conn !== conn) {
+      void conn
+        .send({
+          _tag: "Error",
+          id: f.id,
+          code: "unknown_request",
+          message: `no KV handoff ${f.id} in progress on this connection`
+        })
+        .catch(() => {})
+      return
+    }
+    const refuse = (code: ErrorCode, message: string) => {
+      void conn.send({ _tag: "Error", id: f.id, code, message }).catch(() => {})
+      this.fail(f.id, code, message)
+    }
+    if (!isKvComplete(h.assembly))
+      return refuse(
+        "kv_invalid",
+        `KvEnd after ${h.assembly.receivedBytes} of ${2 * h.assembly.descriptor.layers * h.assembly.tensorBytes} KV bytes`
+      )
+    if (sha256Hex(h.tensors) !== f.checksum)
+      return refuse("kv_checksum_mismatch", "KV checksum mismatch: the handoff was corrupted")
+    const seq = this.core.runtime.importKv(h.begin.descriptor, h.tensors)
+    this.core.engine.hold(f.id, seq)
+    this.core.metrics.kvTransferSeconds.observe((performance.now() - h.startedAt) / 1000)
+    this.core.metrics.kvTransferBytes.observe(h.assembly.receivedBytes)
+    this.core.metrics.handoffs.inc({ outcome: "received" })
+    s.ready = {
+      firstToken: h.begin.firstToken,
+      rngState: h.begin.rngState,
+      promptTokens: Array.from(h.begin.tokens)
+    }
+    s.handoff = undefined
+    void conn.send({ _tag: "KvAck", id: f.id }).catch(() => {})
+    this.maybeStart(s)
+  }
+
+  private maybeStart(s: Slot): void {
+    if (s.expect === undefined || s.ready === undefined || s.decoding) return
+    clearTimeout(s.lease)
+    s.lease = undefined
+    s.decoding = true
+    const { router, generation } = s.expect
+    const seq = this.heldSequence(s.id)
+    if (seq === undefined) return this.fail(s.id, "internal", "imported KV went missing")
+    const id = s.id
+    this.core.engine.decode({
+      id,
+      seq,
+      promptTokens: s.ready.promptTokens,
+      outputTokens: [s.ready.firstToken],
+      rng: { state: s.ready.rngState },
+      sampling: generation.sampling,
+      rules: stopRulesOf(generation, this.core.codec.eosTokenIds),
+      onToken: (token, index) => void router.send({ _tag: "Token", id, seq: index, token }).catch(() => {}),
+      onDone: (finishReason, completionTokens) => {
+        this.slots.delete(id)
+        void router.send({ _tag: "Done", id, finishReason, completionTokens }).catch(() => {})
+      },
+      onError: (e) => this.fail(id, "internal", e.message)
+    })
+  }
+
+  private heldSequence(id: string) {
+    return this.core.engine.takeHeld(id)
+  }
+
+  /** Ends a request here: frees its KV and tells the router (when one asked for it). */
+  private fail(id: string, code: ErrorCode, message: string): void {
+    const s = this.slots.get(id)
+    this.drop(id)
+    if (s?.expect !== undefined)
+      void s.expect.router.send({ _tag: "Error", id, code, message }).catch(() => {})
+    this.log.warn("request failed", { request_id: id, code, reason: message })
+    if (code !== "lease_expired") this.core.metrics.handoffs.inc({ outcome: "failed" })
+  }
+
+  private cancel(id: string, why: string): void {
+    this.tombstone(id)
+    if (this.drop(id)) this.log.info("request cancelled", { request_id: id, reason: why })
+  }
+
+  private drop(id: string): boolean {
+    const s = this.slots.get(id)
+    if (s !== undefined) {
+      clearTimeout(s.lease)
+      this.slots.delete(id)
+    }
+    return this.core.engine.cancel(id) || s !== undefined
+  }
+}
