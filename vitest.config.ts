@@ -6,7 +6,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // e2e suites spawn real processes on a 2-core machine: keep files serial there.
-    fileParallelism: true,
+    fileParallelism: false,
     maxWorkers: 2
   }
 })

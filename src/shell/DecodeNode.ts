@@ -259,6 +259,11 @@ export class DecodeNode {
     this.core.metrics.kvTransferSeconds.observe((performance.now() - h.startedAt) / 1000)
     this.core.metrics.kvTransferBytes.observe(h.assembly.receivedBytes)
     this.core.metrics.handoffs.inc({ outcome: "received" })
+    this.log.info("KV received", {
+      request_id: f.id,
+      kv_bytes: h.assembly.receivedBytes,
+      from: conn.peer.nodeId
+    })
     s.ready = {
       firstToken: h.begin.firstToken,
       rngState: h.begin.rngState,
@@ -289,6 +294,11 @@ export class DecodeNode {
       onToken: (token, index) => void router.send({ _tag: "Token", id, seq: index, token }).catch(() => {}),
       onDone: (finishReason, completionTokens) => {
         this.slots.delete(id)
+        this.log.info("request finished", {
+          request_id: id,
+          finish_reason: finishReason,
+          completion_tokens: completionTokens
+        })
         void router.send({ _tag: "Done", id, finishReason, completionTokens }).catch(() => {})
       },
       onError: (e) => this.fail(id, "internal", e.message)

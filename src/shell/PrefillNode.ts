@@ -159,6 +159,11 @@ export class PrefillNode {
       const { seq, logits } = await this.core.engine.prefill(f.id, prompt)
       if (state.cancelled) throw new Cancelled()
       const first = sampleFirstToken(logits, f.generation, prompt, this.core.codec.eosTokenIds)
+      log.info("prefilled", {
+        prompt_tokens: prompt.length,
+        decode_target: formatSocketAddress(target),
+        finished: first.finish ?? null
+      })
       await router.send({ _tag: "Token", id: f.id, seq: 0, token: first.token })
       if (first.finish !== undefined) {
         await router.send({ _tag: "Done", id: f.id, finishReason: first.finish, completionTokens: 1 })
@@ -190,7 +195,10 @@ export class PrefillNode {
       await conn.send({ _tag: "KvEnd", id: f.id, checksum: sha256Hex(exported.tensors.map((t) => t.bytes)) })
       await acked
       this.core.metrics.handoffs.inc({ outcome: "acked" })
-      log.debug("KV handed off", { target: formatSocketAddress(target) })
+      log.info("KV handed off", {
+        decode_target: formatSocketAddress(target),
+        kv_bytes: exported.tensors.reduce((n, t) => n + t.bytes.byteLength, 0)
+      })
     } catch (e) {
       if (e instanceof Cancelled || state.cancelled) {
         this.core.metrics.handoffs.inc({ outcome: "cancelled" })

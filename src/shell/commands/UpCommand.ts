@@ -27,6 +27,9 @@ interface Child {
 
 const entry = process.argv[1] ?? ""
 
+/** A child killed by a signal has `exitCode` null and `signalCode` set. */
+const hasExited = (c: Child): boolean => c.proc.exitCode !== null || c.proc.signalCode !== null
+
 const spawnChild = (
   name: string,
   args: ReadonlyArray<string>,
@@ -78,14 +81,12 @@ const runUp = async (o: UpOptions): Promise<void> => {
   const stopAll = (code: number) => {
     if (stopping) return
     stopping = true
-    for (const c of children) if (c.proc.exitCode === null) c.proc.kill("SIGTERM")
+    for (const c of children) if (!hasExited(c)) c.proc.kill("SIGTERM")
     const force = setTimeout(() => {
-      for (const c of children) if (c.proc.exitCode === null) c.proc.kill("SIGKILL")
+      for (const c of children) if (!hasExited(c)) c.proc.kill("SIGKILL")
     }, 12_000)
     void Promise.all(
-      children.map((c) =>
-        c.proc.exitCode !== null ? Promise.resolve() : new Promise((r) => c.proc.once("exit", r))
-      )
+      children.map((c) => (hasExited(c) ? Promise.resolve() : new Promise((r) => c.proc.once("exit", r))))
     ).then(() => {
       clearTimeout(force)
       rmSync(dir, { recursive: true, force: true })
