@@ -19,6 +19,7 @@ import {
   type RoutingPolicy,
   type RoutingState
 } from "../domain/Routing.js"
+import { decideFailover } from "../domain/Failover.js"
 import { formatHost, formatSocketAddress, type SocketAddress } from "../domain/SocketAddress.js"
 import type { Frame, FinishReason, WireLoad } from "../domain/WireFrames.js"
 import type { Backend, BackendFailure, BackendJob, TokenSink } from "./Backend.js"
@@ -43,7 +44,21 @@ interface NodeHandle {
   readonly requests: Set<string>
 }
 
+/** One client request across its attempts. */
+interface RequestHandle {
+  readonly job: BackendJob
+  readonly sink: TokenSink
+  attempts: number
+  /** Nodes that failed this request: not chosen again for it. */
+  readonly excluded: Set<string>
+  current: Flight | undefined
+  cancelled: boolean
+}
+
+/** One attempt, under its own wire id (`<id>` then `<id>.r1`, ...: a retry never meets a tombstone). */
 interface Flight {
+  readonly wireId: string
+  readonly request: RequestHandle
   readonly job: BackendJob
   readonly sink: TokenSink
   readonly prefill: NodeHandle
@@ -174,40 +189,77 @@ export class ClusterBackend implements Backend {
 
   start(job: BackendJob, sink: TokenSink): () => void {
     this.counters.total_requests++
-    const views = (role: "prefill" | "decode"): Array<NodeView> =>
-      this.nodes
-        .filter((n) => n.spec.role === role)
-        .map((n) => ({
-          id: n.spec.id,
-          status: n.conn === undefined ? "unreachable" : n.health.status,
-          inFlight: n.inFlight,
-          load: n.load
-        }))
-    const p = choosePrefill(views("prefill"), this.o.routing, this.routing, [Math.random(), Math.random()])
+    const request: RequestHandle = {
+      job,
+      sink,
+      attempts: 0,
+      excluded: new Set(),
+      current: undefined,
+      cancelled: false
+    }
+    setImmediate(() => this.dispatch(request))
+    return () => {
+      if (request.cancelled) return
+      request.cancelled = true
+      const f = request.current
+      if (f === undefined || !this.flights.has(f.wireId)) return
+      this.end(f)
+      this.send(f.prefill, { _tag: "Cancel", id: f.wireId })
+      this.send(f.decode, { _tag: "Cancel", id: f.wireId })
+    }
+  }
+
+  private views(role: "prefill" | "decode", excluded: ReadonlySet<string>): Array<NodeView> {
+    return this.nodes
+      .filter((n) => n.spec.role === role)
+      .map((n) => ({
+        id: n.spec.id,
+        status: n.conn === undefined || excluded.has(n.spec.id) ? "unreachable" : n.health.status,
+        inFlight: n.inFlight,
+        load: n.load
+      }))
+  }
+
+  private dispatch(request: RequestHandle): void {
+    if (request.cancelled) return
+    const { job, sink } = request
+    const p = choosePrefill(this.views("prefill", request.excluded), this.o.routing, this.routing, [
+      Math.random(),
+      Math.random()
+    ])
     const d =
       p._tag === "Chosen"
-        ? chooseDecode(views("decode"), this.o.routing, p.state, [Math.random(), Math.random()])
+        ? chooseDecode(this.views("decode", request.excluded), this.o.routing, p.state, [
+            Math.random(),
+            Math.random()
+          ])
         : p
     if (p._tag !== "Chosen" || d._tag !== "Chosen") {
-      this.counters.rejected_requests++
+      if (request.attempts === 0) this.counters.rejected_requests++
       this.counters.total_failed++
       const role = p._tag !== "Chosen" ? "prefill" : "decode"
-      setImmediate(() =>
-        sink.fail({ status: 503, code: `no_${role}_node`, message: `no ${role} node is online` })
-      )
-      return () => {}
+      sink.fail({
+        status: 503,
+        code: `no_${role}_node`,
+        message: `no ${request.attempts === 0 ? "" : "other "}${role} node is online`
+      })
+      return
     }
     this.routing = d.state
     const prefill = this.node(p.id)
     const decode = this.node(d.id)
     this.counters.routing_decisions++
+    const wireId = request.attempts === 0 ? job.id : `${job.id}.r${request.attempts}`
+    request.attempts++
     for (const n of [prefill, decode]) {
       n.inFlight++
-      n.requests.add(job.id)
+      n.requests.add(wireId)
       this.hits[n.spec.role][n.spec.id] = (this.hits[n.spec.role][n.spec.id] ?? 0) + 1
       this.decisions.inc({ node: n.spec.id })
     }
     const flight: Flight = {
+      wireId,
+      request,
       job,
       sink,
       prefill,
@@ -217,24 +269,24 @@ export class ClusterBackend implements Backend {
       done: undefined,
       firstTokenSeen: false
     }
-    this.flights.set(job.id, flight)
-    job.log.debug("dispatched", { prefill: prefill.spec.id, decode: decode.spec.id })
+    request.current = flight
+    this.flights.set(wireId, flight)
+    job.log.debug("dispatched", {
+      prefill: prefill.spec.id,
+      decode: decode.spec.id,
+      attempt: request.attempts
+    })
     const { generation } = job
     // Expect first, on the decode node's connection: it streams this request's tokens back on it.
-    this.send(decode, { _tag: "Expect", id: job.id, generation, promptTokens: job.promptTokens.length })
+    this.send(decode, { _tag: "Expect", id: wireId, generation, promptTokens: job.promptTokens.length })
+    if (!this.flights.has(wireId)) return // the decode node dropped out under us; already re-planned
     this.send(prefill, {
       _tag: "Prefill",
-      id: job.id,
+      id: wireId,
       generation,
       decodeTarget: decode.canonical,
       tokens: Int32Array.from(job.promptTokens)
     })
-    return () => {
-      if (!this.flights.has(job.id)) return
-      this.end(flight)
-      this.send(prefill, { _tag: "Cancel", id: job.id })
-      this.send(decode, { _tag: "Cancel", id: job.id })
-    }
   }
 
   private node(id: string): NodeHandle {
@@ -255,21 +307,56 @@ export class ClusterBackend implements Backend {
 
   /** Removes a flight and its dispatch counts; the sink is not called. */
   private end(f: Flight): void {
-    if (!this.flights.delete(f.job.id)) return
+    if (!this.flights.delete(f.wireId)) return
     for (const n of [f.prefill, f.decode]) {
       n.inFlight = Math.max(0, n.inFlight - 1)
-      n.requests.delete(f.job.id)
+      n.requests.delete(f.wireId)
     }
   }
 
-  private fail(f: Flight, failure: BackendFailure): void {
-    if (!this.flights.has(f.job.id)) return
+  /**
+   * A failed attempt: re-planned on other nodes when nothing reached the client yet (domain failover
+   * rule), else the request ends with the failure (503 when no node of the failed role is left).
+   */
+  private fail(f: Flight, failure: BackendFailure, culprit?: NodeHandle): void {
+    if (!this.flights.has(f.wireId)) return
     this.end(f)
-    this.counters.total_failed++
     this.counters.failure_events++
-    this.send(f.prefill, { _tag: "Cancel", id: f.job.id })
-    this.send(f.decode, { _tag: "Cancel", id: f.job.id })
-    f.sink.fail(failure)
+    this.send(f.prefill, { _tag: "Cancel", id: f.wireId })
+    this.send(f.decode, { _tag: "Cancel", id: f.wireId })
+    const request = f.request
+    if (request.cancelled) return
+    if (culprit !== undefined) request.excluded.add(culprit.spec.id)
+    const decision = decideFailover({
+      code: failure.code,
+      attempts: request.attempts,
+      maxAttempts: this.maxAttempts(),
+      streamed: f.firstTokenSeen
+    })
+    if (decision._tag === "Retry") {
+      this.counters.rerouted_requests++
+      f.job.log.warn("re-planning the request", {
+        failed: culprit?.spec.id ?? null,
+        code: failure.code,
+        reason: failure.message,
+        backoff_ms: decision.backoffMs
+      })
+      setTimeout(() => this.dispatch(request), decision.backoffMs)
+      return
+    }
+    this.counters.total_failed++
+    const role = culprit?.spec.role
+    const noneLeft = role !== undefined && !f.firstTokenSeen && !this.online(role)
+    f.sink.fail(
+      noneLeft
+        ? { status: 503, code: `no_${role}_node`, message: `${failure.message}; no ${role} node is online` }
+        : failure
+    )
+  }
+
+  /** Attempts per request: one per prefill node, at most 3 (the seed tries each prefill node once). */
+  private maxAttempts(): number {
+    return Math.min(3, Math.max(1, this.nodes.filter((n) => n.spec.role === "prefill").length))
   }
 
   private onFrame(n: NodeHandle, frame: Frame): void {
@@ -296,11 +383,15 @@ export class ClusterBackend implements Backend {
     switch (frame._tag) {
       case "Token": {
         if (frame.seq < f.nextSeq || f.buffer.has(frame.seq) || frame.seq >= f.job.generation.maxTokens) {
-          return this.fail(f, {
-            status: 502,
-            code: "protocol_error",
-            message: `${n.spec.id} sent token seq ${frame.seq} out of order`
-          })
+          return this.fail(
+            f,
+            {
+              status: 502,
+              code: "protocol_error",
+              message: `${n.spec.id} sent token seq ${frame.seq} out of order`
+            },
+            n
+          )
         }
         f.buffer.set(frame.seq, frame.token)
         while (f.buffer.has(f.nextSeq)) {
@@ -308,14 +399,14 @@ export class ClusterBackend implements Backend {
           f.buffer.delete(f.nextSeq)
           f.firstTokenSeen = true
           f.sink.token(f.nextSeq++, token)
-          if (!this.flights.has(f.job.id)) return // the sink ended it (stop string)
+          if (!this.flights.has(f.wireId)) return // the sink ended it (stop string)
         }
         return this.maybeDone(f)
       }
       case "Done":
         f.done = { reason: frame.finishReason, completionTokens: frame.completionTokens }
         // Finished at its first token: the decode node gets no KV and drops its Expect.
-        if (n === f.prefill) this.send(f.decode, { _tag: "Cancel", id: f.job.id })
+        if (n === f.prefill) this.send(f.decode, { _tag: "Cancel", id: f.wireId })
         return this.maybeDone(f)
       case "Error":
         f.job.log.warn("node failed the request", {
@@ -323,7 +414,7 @@ export class ClusterBackend implements Backend {
           code: frame.code,
           reason: frame.message
         })
-        return this.fail(f, { status: 502, code: frame.code, message: `${n.spec.id}: ${frame.message}` })
+        return this.fail(f, { status: 502, code: frame.code, message: `${n.spec.id}: ${frame.message}` }, n)
       default:
         return
     }
@@ -340,7 +431,7 @@ export class ClusterBackend implements Backend {
   private failNode(n: NodeHandle, why: string): void {
     for (const id of [...n.requests]) {
       const f = this.flights.get(id)
-      if (f !== undefined) this.fail(f, { status: 502, code: "node_failed", message: why })
+      if (f !== undefined) this.fail(f, { status: 502, code: "node_failed", message: why }, n)
     }
   }
 
@@ -399,11 +490,11 @@ export class ClusterBackend implements Backend {
             this.o.log.warn("bad frame from node", { node: n.spec.id, reason: message, request_id: id })
             const f = id === undefined ? undefined : this.flights.get(id)
             if (f !== undefined)
-              this.fail(f, {
-                status: 502,
-                code: "protocol_error",
-                message: `${n.spec.id} sent a bad frame: ${message}`
-              })
+              this.fail(
+                f,
+                { status: 502, code: "protocol_error", message: `${n.spec.id} sent a bad frame: ${message}` },
+                n
+              )
           },
           close: (reason) => {
             if (n.conn === conn) n.conn = undefined

@@ -122,12 +122,19 @@ export class DecodeNode {
     if (s !== undefined) return s
     if (this.slots.size >= MAX_SLOTS) return undefined
     s = { id, decoding: false, lease: undefined }
+    this.slots.set(id, s)
+    this.renewLease(s)
+    return s
+  }
+
+  /** A slot not yet decoding lives `--kv-lease` past its last frame (silence), then is dropped. */
+  private renewLease(s: Slot): void {
+    clearTimeout(s.lease)
     s.lease = setTimeout(
-      () => this.fail(id, "lease_expired", `no matching Expect/KV within the ${this.kvLeaseMs} ms lease`),
+      () =>
+        this.fail(s.id, "lease_expired", `no KV or Expect progress for ${this.kvLeaseMs} ms (--kv-lease)`),
       this.kvLeaseMs
     )
-    this.slots.set(id, s)
-    return s
   }
 
   private isTombstoned(id: string): boolean {
@@ -226,6 +233,8 @@ export class DecodeNode {
     }
     h.assembly = r.assembly
     ;(h.tensors[r.tensor] as Uint8Array).set(f.bytes, f.offset)
+    const s = this.slots.get(f.id)
+    if (s !== undefined) this.renewLease(s)
     this.core.metrics.kvBytesReceived.inc(f.bytes.byteLength)
   }
 

@@ -74,7 +74,14 @@ const json = (
   headers: Record<string, string> = {}
 ) => {
   if (res.headersSent) return
-  res.writeHead(status, { "content-type": "application/json", ...headers }).end(JSON.stringify(body))
+  const text = JSON.stringify(body)
+  res
+    .writeHead(status, {
+      "content-type": "application/json",
+      "content-length": String(Buffer.byteLength(text)),
+      ...headers
+    })
+    .end(text)
 }
 
 const sendError = (res: http.ServerResponse, e: HttpError) =>
