@@ -2,6 +2,7 @@
 import { NodeServices } from "@effect/platform-node"
 import { Cause, Effect, Exit } from "effect"
 import { CliError, Command } from "effect/cli"
+import { benchCommand } from "./commands/BenchCommand.js"
 import { generateCommand } from "./commands/GenerateCommand.js"
 import { modelCommand } from "./commands/ModelCommand.js"
 import { decodeCommand, prefillCommand, routerCommand, serveCommand } from "./commands/RoleCommands.js"
@@ -22,6 +23,7 @@ const program = tandem.pipe(
     prefillCommand,
     decodeCommand,
     generateCommand,
+    benchCommand,
     modelCommand
   ]),
   Command.run({ version: VERSION }),
