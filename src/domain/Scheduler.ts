@@ -54,3 +54,49 @@ export const planIteration = (
   const free = Math.max(0, limits.maxBatch - decode.running)
   return { fresh, continued, admitDecodes: Math.min(free, decode.waiting) }
 }
+
+/**
+ * KV budget admission on a decode node. A handoff reserves its full size when granted (the receiving
+ * tensors are allocated then); one that does not fit waits in a bounded FIFO until capacity frees, and
+ * waiting handoffs are granted strictly in arrival order (no starvation: a large head is not overtaken).
+ * One that can never fit, or arrives to a full queue, is refused.
+ */
+export type HandoffDecision =
+  | { readonly _tag: "Grant" }
+  | { readonly _tag: "Queue" }
+  | { readonly _tag: "Refuse"; readonly reason: string }
+
+export interface KvBudgetView {
+  readonly budgetBytes: number
+  /** Bytes held by live sequences plus bytes reserved by granted handoffs. */
+  readonly usedBytes: number
+  readonly queued: number
+  readonly maxQueued: number
+}
+
+export const decideHandoff = (bytes: number, b: KvBudgetView): HandoffDecision => {
+  if (bytes > b.budgetBytes)
+    return {
+      _tag: "Refuse",
+      reason: `KV of ${bytes} bytes exceeds this node's whole budget of ${b.budgetBytes} bytes`
+    }
+  if (b.queued === 0 && b.usedBytes + bytes <= b.budgetBytes) return { _tag: "Grant" }
+  if (b.queued >= b.maxQueued)
+    return { _tag: "Refuse", reason: `KV budget exhausted and ${b.queued} handoffs already waiting` }
+  return { _tag: "Queue" }
+}
+
+/** How many handoffs at the head of the queue (sizes in arrival order) can be granted now. */
+export const grantableFromQueue = (
+  queuedBytes: ReadonlyArray<number>,
+  b: Pick<KvBudgetView, "budgetBytes" | "usedBytes">
+): number => {
+  let used = b.usedBytes
+  let n = 0
+  for (const bytes of queuedBytes) {
+    if (used + bytes > b.budgetBytes) break
+    used += bytes
+    n++
+  }
+  return n
+}

@@ -229,7 +229,17 @@ export class FrameDecoder {
   private pendingBytes = 0
   private failed = false
 
-  constructor(limits: WireLimits = defaultWireLimits) {
+  /**
+   * `allocate` makes the buffer a frame split across chunks is joined into; every byte of it is written
+   * before it is read, so the shell may pass a non-zeroing allocator (Buffer.allocUnsafe). It is called
+   * at most once per `push`, so it may even hand back the same memory each time, provided the caller is
+   * done with the frames of one `push` (payload views included) before the next.
+   */
+
+  constructor(
+    limits: WireLimits = defaultWireLimits,
+    private readonly allocate: (bytes: number) => Uint8Array = (n) => new Uint8Array(n)
+  ) {
     this.limits = limits
     this.limit = maxFrameLength(limits)
   }
@@ -272,7 +282,8 @@ export class FrameDecoder {
   }
 
   private joinPending(): Uint8Array {
-    const joined = new Uint8Array(this.pendingBytes)
+    const joined = this.allocate(this.pendingBytes)
+
     let at = 0
     for (const p of this.pending) {
       joined.set(p, at)

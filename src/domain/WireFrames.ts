@@ -16,6 +16,7 @@ export const FrameType = {
   KvChunk: 14,
   KvEnd: 15,
   KvAck: 16,
+  KvGrant: 22,
   Done: 17,
   Error: 18,
   Cancel: 19,
@@ -122,6 +123,8 @@ export const HeaderSchemas = {
   }),
   KvEnd: Schema.Struct({ id: RequestId, checksum: Hex }),
   KvAck: Schema.Struct({ id: RequestId }),
+  /** Decode -> prefill: budget reserved for this handoff; send the chunks. */
+  KvGrant: Schema.Struct({ id: RequestId }),
   Done: Schema.Struct({ id: RequestId, finishReason: FinishReasonSchema, completionTokens: Count }),
   Error: Schema.Struct({
     id: Schema.optionalKey(RequestId),
@@ -150,6 +153,7 @@ export type Frame =
   | ({ readonly _tag: "KvChunk" } & Headers["KvChunk"] & WithBytes)
   | ({ readonly _tag: "KvEnd" } & Headers["KvEnd"])
   | ({ readonly _tag: "KvAck" } & Headers["KvAck"])
+  | ({ readonly _tag: "KvGrant" } & Headers["KvGrant"])
   | ({ readonly _tag: "Done" } & Headers["Done"])
   | ({ readonly _tag: "Error" } & Headers["Error"])
   | ({ readonly _tag: "Cancel" } & Headers["Cancel"])

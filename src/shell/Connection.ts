@@ -64,7 +64,14 @@ export class Connection {
     readonly peer: Hello,
     limits: WireLimits
   ) {
-    this.decoder = new FrameDecoder(limits)
+    // Frames split across reads are joined into one reused scratch buffer: every frame of a read is
+    // handled (KV bytes copied out) before the next read, so the memory is free again by then.
+    let scratch = Buffer.allocUnsafe(0)
+    this.decoder = new FrameDecoder(limits, (n) => {
+      if (scratch.byteLength < n) scratch = Buffer.allocUnsafe(Math.max(n, 2 * scratch.byteLength))
+      return scratch.subarray(0, n)
+    })
+
     // Reading starts when the owner attaches its listeners (`on`), so no frame is dropped.
     socket.pause()
     socket.on("data", (chunk: Buffer) => this.onData(chunk))

@@ -15,12 +15,17 @@ import {
   type KvAssembly
 } from "../domain/KvHandoff.js"
 import { stopRulesOf } from "../domain/Generation.js"
+import { decideHandoff, grantableFromQueue } from "../domain/Scheduler.js"
+
 import type { ErrorCode, FrameOf, Generation } from "../domain/WireFrames.js"
 import type { Connection } from "./Connection.js"
 import type { Logger } from "./Log.js"
-import { loadOf, sha256Hex, type RoleNodeCore } from "./RoleNode.js"
+import { InOrderKvChecksum } from "./KvChecksum.js"
+import { loadOf, type RoleNodeCore } from "./RoleNode.js"
 
 const MAX_SLOTS = 4096
+/** Handoffs that may wait for KV budget at once. */
+const MAX_QUEUED_HANDOFFS = 256
 const TOMBSTONE_MS = 60_000
 
 interface Handoff {
@@ -28,6 +33,7 @@ interface Handoff {
   readonly begin: FrameOf<"KvBegin">
   assembly: KvAssembly
   readonly tensors: ReadonlyArray<Uint8Array>
+  readonly checksum: InOrderKvChecksum
   readonly startedAt: number
 }
 
@@ -48,6 +54,12 @@ interface Slot {
 export class DecodeNode {
   private readonly slots = new Map<string, Slot>()
   private readonly tombstones = new Map<string, number>()
+  /** KvBegins waiting for budget, in arrival order. */
+  private readonly waiting: Array<{
+    readonly conn: Connection
+    readonly begin: FrameOf<"KvBegin">
+    readonly bytes: number
+  }> = []
 
   constructor(
     private readonly core: RoleNodeCore,
@@ -57,10 +69,18 @@ export class DecodeNode {
   ) {}
 
   /** KV bytes of handoffs still arriving. */
+  /** KV bytes reserved by granted handoffs still arriving (their tensors are allocated). */
   pendingKvBytes(): number {
     let n = 0
-    for (const s of this.slots.values()) if (s.handoff !== undefined) n += s.handoff.assembly.receivedBytes
+    for (const s of this.slots.values())
+      if (s.handoff !== undefined)
+        n += 2 * s.handoff.assembly.descriptor.layers * s.handoff.assembly.tensorBytes
     return n
+  }
+
+  /** Handoffs waiting for KV budget. */
+  queuedHandoffs(): number {
+    return this.waiting.length
   }
 
   attach(conn: Connection): void {
@@ -83,7 +103,7 @@ export class DecodeNode {
               .send({
                 _tag: "HeartbeatReply",
                 nonce: f.nonce,
-                load: loadOf(this.core, this.connections(), this.pendingKvBytes())
+                load: loadOf(this.core, this.connections(), this.pendingKvBytes(), this.waiting.length)
               })
               .catch(() => {})
             return
@@ -112,6 +132,13 @@ export class DecodeNode {
           if (s.handoff?.conn === conn)
             this.fail(s.id, "unavailable", "the prefill node's connection closed during the KV handoff")
           else if (s.expect?.router === conn) this.cancel(s.id, "router connection closed")
+        }
+        for (const w of this.waiting.filter((x) => x.conn === conn)) {
+          this.fail(
+            w.begin.id,
+            "unavailable",
+            "the prefill node's connection closed while its KV waited for budget"
+          )
         }
       }
     })
@@ -190,21 +217,69 @@ export class DecodeNode {
         .catch(() => {})
     if (s.handoff !== undefined || s.ready !== undefined)
       return refuse("bad_frame", `duplicate KvBegin for ${f.id}`)
-    const free = loadOf(this.core, [], this.pendingKvBytes()).freeKvBytes
-    const check = validateKvDescriptor(f.descriptor, this.core.runtime.geometry, { freeBytes: free })
+    // Geometry and limits first; the budget is the scheduler's call (grant, queue or refuse).
+    const check = validateKvDescriptor(f.descriptor, this.core.runtime.geometry, { freeBytes: Infinity })
     if (check._tag === "Invalid") return refuse(check.code, check.reason)
     if (f.tokens.length !== f.descriptor.tokenCount)
       return refuse(
         "kv_invalid",
         `KvBegin carries ${f.tokens.length} prompt tokens for ${f.descriptor.tokenCount} KV positions`
       )
+    if (this.waiting.some((w) => w.begin.id === f.id))
+      return refuse("bad_frame", `duplicate KvBegin for ${f.id}`)
+    const decision = decideHandoff(check.totalBytes, this.budgetView())
+    if (decision._tag === "Refuse") return refuse("over_capacity", decision.reason)
+    if (decision._tag === "Queue") {
+      this.waiting.push({ conn, begin: f, bytes: check.totalBytes })
+      this.log.info("KV handoff queued: budget full", {
+        request_id: f.id,
+        kv_bytes: check.totalBytes,
+        queued: this.waiting.length
+      })
+      return
+    }
+    this.grant(s, conn, f)
+  }
+
+  private budgetView() {
+    return {
+      budgetBytes: this.core.kvBudgetBytes,
+      usedBytes: this.core.engine.stats().kvBytes + this.pendingKvBytes(),
+      queued: this.waiting.length,
+      maxQueued: MAX_QUEUED_HANDOFFS
+    }
+  }
+
+  /** Reserves the handoff's bytes (allocates its tensors) and tells the sender to go on. */
+  private grant(s: Slot, conn: Connection, f: FrameOf<"KvBegin">): void {
     const assembly = startKvAssembly(f.descriptor)
     s.handoff = {
       conn,
       begin: f,
       assembly,
-      tensors: Array.from({ length: 2 * f.descriptor.layers }, () => new Uint8Array(assembly.tensorBytes)),
+      // Not zeroed: completeness (every byte of every tensor received) is checked before use.
+      tensors: Array.from({ length: 2 * f.descriptor.layers }, () =>
+        Buffer.allocUnsafe(assembly.tensorBytes)
+      ),
+      checksum: new InOrderKvChecksum(assembly.tensorBytes),
       startedAt: performance.now()
+    }
+    this.renewLease(s)
+    void conn.send({ _tag: "KvGrant", id: f.id }).catch(() => {})
+  }
+
+  /** Grants waiting handoffs, in arrival order, while they fit. Called whenever capacity frees. */
+  private pump(): void {
+    if (this.waiting.length === 0) return
+    const view = this.budgetView()
+    const n = grantableFromQueue(
+      this.waiting.map((w) => w.bytes),
+      view
+    )
+    for (const w of this.waiting.splice(0, n)) {
+      const s = this.slots.get(w.begin.id)
+      if (s === undefined || w.conn.isClosed) continue
+      this.grant(s, w.conn, w.begin)
     }
   }
 
@@ -233,6 +308,7 @@ export class DecodeNode {
     }
     h.assembly = r.assembly
     ;(h.tensors[r.tensor] as Uint8Array).set(f.bytes, f.offset)
+    h.checksum.add(r.tensor, f.offset, f.bytes)
     const s = this.slots.get(f.id)
     if (s !== undefined) this.renewLease(s)
     this.core.metrics.kvBytesReceived.inc(f.bytes.byteLength)
@@ -261,7 +337,7 @@ export class DecodeNode {
         "kv_invalid",
         `KvEnd after ${h.assembly.receivedBytes} of ${2 * h.assembly.descriptor.layers * h.assembly.tensorBytes} KV bytes`
       )
-    if (sha256Hex(h.tensors) !== f.checksum)
+    if (h.checksum.result(h.tensors) !== f.checksum)
       return refuse("kv_checksum_mismatch", "KV checksum mismatch: the handoff was corrupted")
     const seq = this.core.runtime.importKv(h.begin.descriptor, h.tensors)
     this.core.engine.hold(f.id, seq)
@@ -303,6 +379,7 @@ export class DecodeNode {
       onToken: (token, index) => void router.send({ _tag: "Token", id, seq: index, token }).catch(() => {}),
       onDone: (finishReason, completionTokens) => {
         this.slots.delete(id)
+        queueMicrotask(() => this.pump())
         this.log.info("request finished", {
           request_id: id,
           finish_reason: finishReason,
@@ -339,6 +416,11 @@ export class DecodeNode {
       clearTimeout(s.lease)
       this.slots.delete(id)
     }
-    return this.core.engine.cancel(id) || s !== undefined
+    const w = this.waiting.findIndex((x) => x.begin.id === id)
+    if (w >= 0) this.waiting.splice(w, 1)
+    const found = this.core.engine.cancel(id) || s !== undefined
+    // Capacity may have freed: waiting handoffs go next.
+    queueMicrotask(() => this.pump())
+    return found
   }
 }

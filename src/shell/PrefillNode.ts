@@ -15,7 +15,9 @@ import type { ErrorCode, FrameOf } from "../domain/WireFrames.js"
 import { Cancelled } from "../gpu/Engine.js"
 import { Connection, type HandshakeOptions } from "./Connection.js"
 import type { Logger } from "./Log.js"
-import { loadOf, sha256Hex, type RoleNodeCore } from "./RoleNode.js"
+import { InOrderKvChecksum } from "./KvChecksum.js"
+
+import { loadOf, type RoleNodeCore } from "./RoleNode.js"
 
 /** Bytes per KvChunk frame. */
 export const KV_CHUNK_BYTES = 1 << 20
@@ -33,6 +35,8 @@ interface Active {
   cancelled: boolean
   /** Settles the pending KvAck wait, if any. */
   ack?: { resolve(): void; reject(e: Error): void; conn: Connection }
+  /** Settles when the decode node reserved budget for the KV (KvGrant), or refused it. */
+  grant?: { resolve(): void; reject(e: Error): void }
 }
 
 export class PrefillNode {
@@ -102,6 +106,7 @@ export class PrefillNode {
     if (a === undefined) return
     a.cancelled = true
     a.ack?.reject(new Cancelled())
+    a.grant?.reject(new Cancelled())
     this.core.engine.cancel(id)
     this.active.delete(id)
     this.log.info("request cancelled", { request_id: id })
@@ -175,6 +180,8 @@ export class PrefillNode {
       if (state.cancelled) throw new Cancelled()
       const acked = new Promise<void>((resolve, reject) => (state.ack = { resolve, reject, conn }))
       acked.catch(() => {})
+      const granted = new Promise<void>((resolve, reject) => (state.grant = { resolve, reject }))
+      granted.catch(() => {})
       await conn.send({
         _tag: "KvBegin",
         id: f.id,
@@ -184,15 +191,24 @@ export class PrefillNode {
         rngState: first.rng.state,
         tokens: f.tokens
       })
-      for (const t of exported.tensors) {
+      // The decode node reserves budget first (it may queue this handoff while it is full).
+      await granted
+      const checksum = new InOrderKvChecksum(exported.tensors[0]?.bytes.byteLength ?? 0)
+      for (const [tensor, t] of exported.tensors.entries()) {
         for (let offset = 0; offset < t.bytes.byteLength; offset += KV_CHUNK_BYTES) {
           if (state.cancelled) throw new Cancelled()
           const bytes = t.bytes.subarray(offset, Math.min(offset + KV_CHUNK_BYTES, t.bytes.byteLength))
+          checksum.add(tensor, offset, bytes)
           await conn.send({ _tag: "KvChunk", id: f.id, layer: t.layer, kind: t.kind, offset, bytes })
           this.core.metrics.kvBytesSent.inc(bytes.byteLength)
         }
       }
-      await conn.send({ _tag: "KvEnd", id: f.id, checksum: sha256Hex(exported.tensors.map((t) => t.bytes)) })
+      await conn.send({
+        _tag: "KvEnd",
+        id: f.id,
+        checksum: checksum.result(exported.tensors.map((t) => t.bytes))
+      })
+
       await acked
       this.core.metrics.handoffs.inc({ outcome: "acked" })
       log.info("KV handed off", {
@@ -223,23 +239,28 @@ export class PrefillNode {
       (conn) => {
         conn.on({
           frame: (f) => {
-            if (f._tag !== "KvAck" && f._tag !== "Error") return
+            if (f._tag !== "KvAck" && f._tag !== "KvGrant" && f._tag !== "Error") return
             if (f.id === undefined) return
             const a = this.active.get(f.id)
             if (a?.ack === undefined) return
-            if (f._tag === "KvAck") a.ack.resolve()
-            else a.ack.reject(new HandoffFailed(f.code, `decode node ${key} refused the KV: ${f.message}`))
+            if (f._tag === "KvGrant") a.grant?.resolve()
+            else if (f._tag === "KvAck") a.ack.resolve()
+            else {
+              const e = new HandoffFailed(f.code, `decode node ${key} refused the KV: ${f.message}`)
+              a.grant?.reject(e)
+              a.ack.reject(e)
+            }
           },
           close: (reason) => {
             this.decodePool.delete(key)
             for (const a of this.active.values()) {
-              if (a.ack?.conn === conn)
-                a.ack.reject(
-                  new HandoffFailed(
-                    "unavailable",
-                    `decode node ${key} closed the connection during the KV handoff (${reason})`
-                  )
-                )
+              if (a.ack?.conn !== conn) continue
+              const e = new HandoffFailed(
+                "unavailable",
+                `decode node ${key} closed the connection during the KV handoff (${reason})`
+              )
+              a.grant?.reject(e)
+              a.ack.reject(e)
             }
           }
         })

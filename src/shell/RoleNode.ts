@@ -1,5 +1,4 @@
 /** What prefill and decode nodes share: model + engine, identity, load reports, and their small HTTP surface. */
-import { createHash } from "node:crypto"
 import http from "node:http"
 import type { WireLoad } from "../domain/WireFrames.js"
 import { Engine } from "../gpu/Engine.js"
@@ -53,7 +52,9 @@ export const identityOf = (role: Identity["role"], nodeId: string, core: RoleNod
 export const loadOf = (
   core: RoleNodeCore,
   connections: Iterable<Connection>,
-  pendingKvBytes: number
+  pendingKvBytes: number,
+  /** Handoffs waiting for KV budget (decode nodes). */
+  queuedHandoffs = 0
 ): WireLoad => {
   const s = core.engine.stats()
   let partial = 0
@@ -62,7 +63,8 @@ export const loadOf = (
     liveSequences: s.liveSequences,
     kvBytes: s.kvBytes,
     freeKvBytes: Math.max(0, core.kvBudgetBytes - s.kvBytes - pendingKvBytes),
-    queueLength: s.waiting + s.prefillQueue,
+    queueLength: s.waiting + s.prefillQueue + queuedHandoffs,
+
     pendingKvBytes,
     partialFrames: partial
   }
@@ -71,12 +73,6 @@ export const loadOf = (
   core.metrics.kvPendingBytes.set(load.pendingKvBytes)
   core.metrics.partialFrames.set(load.partialFrames)
   return load
-}
-
-export const sha256Hex = (parts: ReadonlyArray<Uint8Array>): string => {
-  const h = createHash("sha256")
-  for (const p of parts) h.update(p)
-  return h.digest("hex")
 }
 
 /** `/health` (200 once loaded and bound) and `/metrics` of a role node, when `--port` is given. */
