@@ -58,6 +58,10 @@ export interface KvExport {
   }>
 }
 
+/** A Float32Array over fresh, unpooled, not zero-filled memory (every element read is written first). */
+const uninitializedFloats = (n: number): Float32Array =>
+  new Float32Array(Buffer.allocUnsafeSlow(n * 4).buffer, 0, n)
+
 const cudaHelp = (dir: string) =>
   `--device cuda needs onnxruntime's CUDA provider libraries for onnxruntime-node ${ort.env.versions.common} ` +
   `(libonnxruntime_providers_shared.so and libonnxruntime_providers_cuda.so) in ${dir}, plus CUDA 12 and cuDNN 9. ` +
@@ -350,29 +354,48 @@ export class Runtime {
     ) {
       return { P: last.P, tensors: last.tensors }
     }
-    // Every member of the previous batch leaves it now, so its tensors can be dropped.
-    if (last !== undefined)
-      for (const s of last.seqs) if (!s.freed && s.owner?.batch === last) this.materialize(s)
-    const stores = seqs.map((s) => this.materialize(s))
+    // Members of the previous batch that are not in this one (and still alive) get their own store
+    // now, so the old batch's tensors can go once nothing points at them.
+    if (last !== undefined) {
+      const staying = new Set(seqs)
+      for (const s of last.seqs)
+        if (!s.freed && s.owner?.batch === last && !staying.has(s)) this.materialize(s)
+    }
     const { layers, kvHeads, headDim } = this.config
     const B = seqs.length
     const P = Math.max(...seqs.map((s) => s.length))
     const tensors: Record<string, ort.Tensor> = {}
     for (let l = 0; l < layers; l++)
       for (const kind of ["key", "value"] as const) {
-        const dst = new Float32Array(B * kvHeads * P * headDim)
+        const name = `past_key_values.${l}.${kind}`
+        // Not zero-filled: each row's data is copied in and only its left padding is zeroed (padding
+        // is masked out, but must be finite).
+        const dst = uninitializedFloats(B * kvHeads * P * headDim)
         seqs.forEach((s, b) => {
-          const store = stores[b] as KvStore
-          const src = (kind === "key" ? store.keys : store.values)[l] as Float32Array
           for (let h = 0; h < kvHeads; h++) {
-            dst.set(
-              src.subarray(h * store.capacity * headDim, (h * store.capacity + s.length) * headDim),
-              ((b * kvHeads + h) * P + (P - s.length)) * headDim
-            )
+            const rowStart = (b * kvHeads + h) * P * headDim
+            const pad = (P - s.length) * headDim
+            if (pad > 0) dst.fill(0, rowStart, rowStart + pad)
+            // Straight from where the sequence lives now: its batch's tensors, or its own store.
+            const owner = s.owner
+            if (owner !== undefined) {
+              const src = owner.batch.tensors[name]?.data as Float32Array
+              const from = ((owner.row * kvHeads + h) * owner.batch.P + (owner.batch.P - s.length)) * headDim
+              dst.set(src.subarray(from, from + s.length * headDim), rowStart + pad)
+            } else {
+              const store = s.store as KvStore
+              const src = (kind === "key" ? store.keys : store.values)[l] as Float32Array
+              dst.set(
+                src.subarray(h * store.capacity * headDim, (h * store.capacity + s.length) * headDim),
+                rowStart + pad
+              )
+            }
           }
         })
-        tensors[`past_key_values.${l}.${kind}`] = new ort.Tensor("float32", dst, [B, kvHeads, P, headDim])
+        tensors[name] = new ort.Tensor("float32", dst, [B, kvHeads, P, headDim])
       }
+    for (const s of seqs)
+      if (s.owner === undefined && s.store === undefined) throw new Error("sequence has no KV")
     return { P, tensors }
   }
 
@@ -387,11 +410,12 @@ export class Runtime {
     const T = seq.length
     const capacity = Math.max(T, 16) * 2
     const store: KvStore = { capacity, keys: [], values: [] }
+    // Positions past `length` are never read, so the store need not be zeroed.
     const { P, tensors } = owner.batch
     for (let l = 0; l < layers; l++)
       for (const kind of ["key", "value"] as const) {
         const src = tensors[`past_key_values.${l}.${kind}`]?.data as Float32Array
-        const dst = new Float32Array(kvHeads * capacity * headDim)
+        const dst = uninitializedFloats(kvHeads * capacity * headDim)
         for (let h = 0; h < kvHeads; h++) {
           const from = ((owner.row * kvHeads + h) * P + (P - T)) * headDim
           dst.set(src.subarray(from, from + T * headDim), h * capacity * headDim)
