@@ -152,13 +152,24 @@ const sendOne = async (o: BenchOptions, model: string, p: Prompt): Promise<Reque
         const chunk = JSON.parse(data) as {
           error?: { message: string }
           usage?: { prompt_tokens: number; completion_tokens: number }
-          choices?: Array<{ text?: string; delta?: { content?: string } }>
+          choices?: Array<{
+            text?: string
+            delta?: { role?: string; content?: string | null }
+            finish_reason?: string | null
+          }>
         }
         if (chunk.error !== undefined) error = chunk.error.message
         if (chunk.usage !== undefined && chunk.usage !== null) usage = chunk.usage
-        const piece = chunk.choices?.[0]?.text ?? chunk.choices?.[0]?.delta?.content ?? ""
-        if (piece === "") continue
+        // As vllm bench serve: a chunk with choices is a token's arrival, whatever its text (servers send
+        // empty text while a character's bytes are incomplete). Not: the chat role chunk, or a final
+        // chunk that only carries the finish reason.
+        const choice = chunk.choices?.[0]
+        if (choice === undefined) continue
+        if (choice.delta?.role !== undefined) continue
+        const piece = choice.text ?? choice.delta?.content ?? ""
+        if (piece === "" && choice.finish_reason !== null && choice.finish_reason !== undefined) continue
         chunks++
+
         if (first === undefined) first = now
         else itl.push((now - last) / 1000)
         last = now

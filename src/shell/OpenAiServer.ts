@@ -422,12 +422,19 @@ export const startOpenAiServer = async (o: OpenAiServerOptions): Promise<Running
         })
         if (kind === "chat") sse(chatChunk(meta, { role: "assistant", content: "" }, null))
       }
-      const emit = (piece: string) => {
-        if (piece === "") return
+      /**
+       * One SSE chunk per generated token, even when its text is empty (bytes of a character still held,
+       * or a possible stop string): clients and benchmarks see every token when it is produced.
+       */
+      const emitToken = (piece: string) => {
         text += piece
         if (!r.stream) return
         begin()
         sse(kind === "chat" ? chatChunk(meta, { content: piece }, null) : completionChunk(meta, piece, null))
+      }
+      /** Text released without a token of its own (at a stop string or at the end): only if any. */
+      const emit = (piece: string) => {
+        if (piece !== "") emitToken(piece)
       }
       const finish = (reason: FinishReason, completionTokens: number, outcome: string) => {
         if (finished) return
@@ -500,8 +507,9 @@ export const startOpenAiServer = async (o: OpenAiServerOptions): Promise<Running
             tokens = index + 1
             const step = scanStop(scan, detok.push(token), r.stop)
             scan = step.scan
+            if (!step.stopped) return emitToken(step.release)
             emit(step.release)
-            if (step.stopped) {
+            {
               cancel()
               finish(
                 "stop",
@@ -512,8 +520,9 @@ export const startOpenAiServer = async (o: OpenAiServerOptions): Promise<Running
                 }),
                 "stop_string"
               )
-            } else begin()
+            }
           },
+
           done: (reason, completionTokens) => {
             if (finished) return
             const tail = scanStop(scan, detok.flush(), r.stop)
