@@ -264,7 +264,9 @@ const interference = async (url: string) => {
       const events = new TextDecoder()
         .decode(value)
         .split("\n\n")
-        .filter((e) => e.includes('"text":"') && !e.includes('"text":""'))
+        // Every token's chunk (empty text included), not the final finish-reason chunk.
+        .filter((e) => e.includes('"text":') && e.includes('"finish_reason":null'))
+
       for (let k = 0; k < events.length; k++) {
         if (last !== undefined) itls.push(k === 0 ? now - last : 0)
         last = now
