@@ -414,6 +414,19 @@ export class ClusterBackend implements Backend {
           code: frame.code,
           reason: frame.message
         })
+        // A prefill node that lost its decode node mid-handoff: the decode node is the one at fault, and
+        // the client is told its id, never its internal address.
+        if (n === f.prefill && frame.code === "unavailable") {
+          return this.fail(
+            f,
+            {
+              status: 502,
+              code: "node_failed",
+              message: `${f.decode.spec.id} became unreachable during the KV handoff from ${n.spec.id}`
+            },
+            f.decode
+          )
+        }
         return this.fail(f, { status: 502, code: frame.code, message: `${n.spec.id}: ${frame.message}` }, n)
       default:
         return

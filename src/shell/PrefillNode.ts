@@ -220,7 +220,8 @@ export class PrefillNode {
         this.core.metrics.handoffs.inc({ outcome: "cancelled" })
       } else {
         const err = e instanceof HandoffFailed ? e : new HandoffFailed("internal", (e as Error).message)
-        log.warn("request failed", { reason: err.message })
+        log.warn("request failed", { reason: err.message, decode_target: formatSocketAddress(target) })
+
         this.core.metrics.handoffs.inc({ outcome: "failed" })
         void router.send({ _tag: "Error", id: f.id, code: err.code, message: err.message }).catch(() => {})
       }
@@ -246,7 +247,8 @@ export class PrefillNode {
             if (f._tag === "KvGrant") a.grant?.resolve()
             else if (f._tag === "KvAck") a.ack.resolve()
             else {
-              const e = new HandoffFailed(f.code, `decode node ${key} refused the KV: ${f.message}`)
+              // No address in what goes back to the router (and on to clients); the log line has it.
+              const e = new HandoffFailed(f.code, `the decode node refused the KV: ${f.message}`)
               a.grant?.reject(e)
               a.ack.reject(e)
             }

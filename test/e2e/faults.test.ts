@@ -142,14 +142,24 @@ describe("failover", () => {
         Array.from({ length: 8 }, (_, i) => openStream(cluster.url, holdOpen(`stream ${i}`)))
       )
       expect(streams.every((s) => s.status === 200)).toBe(true)
-      // Streams alternate decode-0 / decode-1: kill decode-0 while its four run.
+      // Round-robin put four streams on each decode node (in the order the router saw them, which is
+      // not the order they were opened): kill decode-0 while its four run.
+      expect((await stats(cluster.url)).decode_hits).toEqual({ "decode-0": 4, "decode-1": 4 })
       cluster.decode[0]!.kill()
-      const ended = await Promise.all(streams.filter((_, i) => i % 2 === 0).map((s) => s.rest))
+      const ended: Array<string> = []
+      for (const s of streams) void s.rest.then((text) => ended.push(text))
+      await waitFor("four streams ended", async () => (ended.length >= 4 ? true : undefined))
+      expect(ended).toHaveLength(4) // decode-1's four are still streaming
       for (const text of ended) {
         expect(text).toContain('"error"')
         expect(text).toContain("decode-0")
+        // Regression (decode node's internal address leaked in a client-facing error when it died
+        // mid-handoff): the client sees the node's id only.
+        expect(text).not.toContain(cluster.decode[0]!.ready.serving!)
+
         expect(text.trim().endsWith("data: [DONE]")).toBe(true)
       }
+
       await gaugesZero(cluster.prefill)
       // The survivors keep serving.
       expect((await post(cluster.url, "/v1/completions", { prompt: "after", max_tokens: 4 })).status).toBe(
