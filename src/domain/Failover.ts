@@ -29,3 +29,11 @@ export const decideFailover = (f: FailoverFacts, baseBackoffMs = 25): FailoverDe
   f.streamed || NOT_RETRYABLE.has(f.code) || f.attempts >= f.maxAttempts
     ? { _tag: "GiveUp" }
     : { _tag: "Retry", backoffMs: baseBackoffMs * 2 ** (f.attempts - 1) }
+
+/**
+ * Which node a failure is blamed on (excluded from the request's re-planning). A prefill node reporting
+ * that it lost its decode node during the KV handoff (`unavailable`) is the messenger: the decode node
+ * is at fault. Anything else is the reporter's.
+ */
+export const blameFor = (reporter: "prefill" | "decode", code: string): "prefill" | "decode" =>
+  reporter === "prefill" && code === "unavailable" ? "decode" : reporter

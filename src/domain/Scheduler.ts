@@ -100,3 +100,12 @@ export const grantableFromQueue = (
   }
   return n
 }
+
+/**
+ * The KV budget of a node: `--kv-budget-mb` when given, else a quarter of the memory free at start,
+ * at most 4 GiB: the node must not assume it has the machine to itself.
+ */
+export const deriveKvBudget = (requestedMb: number | undefined, freeBytes: number): number =>
+  requestedMb !== undefined
+    ? Math.max(0, requestedMb) * 1024 * 1024
+    : Math.min(Math.floor(Math.max(0, freeBytes) / 4), 4 * 1024 ** 3)

@@ -19,7 +19,8 @@ import {
   type RoutingPolicy,
   type RoutingState
 } from "../domain/Routing.js"
-import { decideFailover } from "../domain/Failover.js"
+import { blameFor, decideFailover } from "../domain/Failover.js"
+
 import { formatHost, formatSocketAddress, type SocketAddress } from "../domain/SocketAddress.js"
 import type { Frame, FinishReason, WireLoad } from "../domain/WireFrames.js"
 import type { Backend, BackendFailure, BackendJob, TokenSink } from "./Backend.js"
@@ -416,7 +417,7 @@ export class ClusterBackend implements Backend {
         })
         // A prefill node that lost its decode node mid-handoff: the decode node is the one at fault, and
         // the client is told its id, never its internal address.
-        if (n === f.prefill && frame.code === "unavailable") {
+        if (blameFor(n.spec.role, frame.code) !== n.spec.role) {
           return this.fail(
             f,
             {

@@ -24,6 +24,10 @@ import { InOrderKvChecksum } from "./KvChecksum.js"
 import { loadOf, type RoleNodeCore } from "./RoleNode.js"
 
 const MAX_SLOTS = 4096
+
+/** Sends a request's Error to a peer (best effort: a closed connection has its own handling). */
+const tell = (conn: Connection, id: string, code: ErrorCode, message: string): void =>
+  void conn.send({ _tag: "Error", id, code, message }).catch(() => {})
 /** Handoffs that may wait for KV budget at once. */
 const MAX_QUEUED_HANDOFFS = 256
 const TOMBSTONE_MS = 60_000
@@ -182,19 +186,8 @@ export class DecodeNode {
 
   private onExpect(router: Connection, f: FrameOf<"Expect">): void {
     const s = this.slot(f.id)
-    if (s === undefined)
-      return void router
-        .send({
-          _tag: "Error",
-          id: f.id,
-          code: "over_capacity",
-          message: "decode node's request table is full"
-        })
-        .catch(() => {})
-    if (s.expect !== undefined)
-      return void router
-        .send({ _tag: "Error", id: f.id, code: "bad_frame", message: `duplicate Expect for ${f.id}` })
-        .catch(() => {})
+    if (s === undefined) return tell(router, f.id, "over_capacity", "decode node's request table is full")
+    if (s.expect !== undefined) return tell(router, f.id, "bad_frame", `duplicate Expect for ${f.id}`)
     s.expect = { router, generation: f.generation }
     this.maybeStart(s)
   }
@@ -206,15 +199,7 @@ export class DecodeNode {
     }
     if (conn.peer.role !== "prefill") return refuse("bad_frame", "KV comes from prefill nodes only")
     const s = this.slot(f.id)
-    if (s === undefined)
-      return void conn
-        .send({
-          _tag: "Error",
-          id: f.id,
-          code: "over_capacity",
-          message: "decode node's request table is full"
-        })
-        .catch(() => {})
+    if (s === undefined) return tell(conn, f.id, "over_capacity", "decode node's request table is full")
     if (s.handoff !== undefined || s.ready !== undefined)
       return refuse("bad_frame", `duplicate KvBegin for ${f.id}`)
     // Geometry and limits first; the budget is the scheduler's call (grant, queue or refuse).

@@ -3,6 +3,8 @@ import { lookup } from "node:dns/promises"
 import { freemem } from "node:os"
 import { DecodeAllowlist } from "../domain/DecodeAllowlist.js"
 import { envSetting } from "../domain/Env.js"
+import { deriveKvBudget } from "../domain/Scheduler.js"
+
 import { routerStatsVerboseFrom } from "../domain/RouterStats.js"
 import type { RoutingPolicy } from "../domain/Routing.js"
 import {
@@ -96,7 +98,7 @@ export interface EngineOptions {
 
 /** The KV budget: as given, or a quarter of the memory free at start, capped at 4 GiB (other processes share the machine). */
 const kvBudget = (mb: number | undefined, log: Logger): number => {
-  const bytes = mb !== undefined ? mb * 1024 * 1024 : Math.min(Math.floor(freemem() / 4), 4 * 1024 ** 3)
+  const bytes = deriveKvBudget(mb, freemem())
   log.info("KV budget", { kv_budget_mb: Math.round(bytes / 1024 / 1024), derived: mb === undefined })
   return bytes
 }

@@ -1,6 +1,6 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { decideFailover } from "../../src/domain/Failover.js"
+import { blameFor, decideFailover } from "../../src/domain/Failover.js"
 
 describe("Failover", () => {
   it("retries node failures before the first byte, with growing backoff, up to the attempt limit", () => {
@@ -40,5 +40,14 @@ describe("Failover", () => {
         }
       )
     )
+  })
+})
+
+describe("blameFor", () => {
+  it("a prefill node that lost its decode node mid-handoff is the messenger, not the culprit", () => {
+    expect(blameFor("prefill", "unavailable")).toBe("decode")
+    expect(blameFor("prefill", "decode_target_rejected")).toBe("prefill")
+    expect(blameFor("prefill", "internal")).toBe("prefill")
+    expect(blameFor("decode", "unavailable")).toBe("decode")
   })
 })

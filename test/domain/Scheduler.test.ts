@@ -2,6 +2,7 @@ import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
   decideHandoff,
+  deriveKvBudget,
   grantableFromQueue,
   planIteration,
   type PrefillJobView
@@ -110,5 +111,18 @@ describe("Scheduler", () => {
     // Something is already waiting: a small newcomer does not overtake it.
     expect(decideHandoff(5, { ...view, queued: 1 })._tag).toBe("Queue")
     expect(grantableFromQueue([50, 5], { budgetBytes: 100, usedBytes: 90 })).toBe(0)
+  })
+})
+
+describe("deriveKvBudget", () => {
+  it("takes --kv-budget-mb when given, else a quarter of free memory capped at 4 GiB", () => {
+    expect(deriveKvBudget(1, 0)).toBe(1024 * 1024)
+    expect(deriveKvBudget(undefined, 8 * 1024 ** 3)).toBe(2 * 1024 ** 3)
+    expect(deriveKvBudget(undefined, 64 * 1024 ** 3)).toBe(4 * 1024 ** 3)
+    fc.assert(
+      fc.property(fc.nat(), (free) => {
+        expect(deriveKvBudget(undefined, free)).toBeLessThanOrEqual(free / 4)
+      })
+    )
   })
 })
