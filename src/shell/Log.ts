@@ -26,6 +26,3 @@ export const makeLogger = (base: Record<string, unknown>, level: LogLevel = "inf
     with: (fields) => makeLogger({ ...base, ...fields }, level)
   }
 }
-
-export const parseLogLevel = (s: string): LogLevel =>
-  s === "debug" || s === "warn" || s === "error" ? s : "info"
