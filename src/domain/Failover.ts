@@ -37,3 +37,7 @@ export const decideFailover = (f: FailoverFacts, baseBackoffMs = 25): FailoverDe
  */
 export const blameFor = (reporter: "prefill" | "decode", code: string): "prefill" | "decode" =>
   reporter === "prefill" && code === "unavailable" ? "decode" : reporter
+
+/** Attempts per request: one per prefill node (as the seed tries each once), at least 1, at most 3. */
+export const maxAttemptsFor = (prefillNodes: number): number =>
+  Math.min(3, Math.max(1, Math.floor(prefillNodes)))

@@ -19,7 +19,7 @@ import {
   type RoutingPolicy,
   type RoutingState
 } from "../domain/Routing.js"
-import { blameFor, decideFailover } from "../domain/Failover.js"
+import { blameFor, decideFailover, maxAttemptsFor } from "../domain/Failover.js"
 
 import { formatHost, formatSocketAddress, type SocketAddress } from "../domain/SocketAddress.js"
 import type { Frame, FinishReason, WireLoad } from "../domain/WireFrames.js"
@@ -355,9 +355,8 @@ export class ClusterBackend implements Backend {
     )
   }
 
-  /** Attempts per request: one per prefill node, at most 3 (the seed tries each prefill node once). */
   private maxAttempts(): number {
-    return Math.min(3, Math.max(1, this.nodes.filter((n) => n.spec.role === "prefill").length))
+    return maxAttemptsFor(this.nodes.filter((n) => n.spec.role === "prefill").length)
   }
 
   private onFrame(n: NodeHandle, frame: Frame): void {

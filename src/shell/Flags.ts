@@ -51,6 +51,22 @@ export const socketAddressList = (
     })
 
 export const Flags = {
+  model: Flag.String("model").pipe(
+    Flag.withDescription(
+      "Model directory (Optimum decoder export) or builtin:tiny / builtin:small (default builtin:tiny)"
+    ),
+    Flag.withDefault("builtin:tiny")
+  ),
+  threads: Flag.Int("threads").pipe(
+    Flag.withDescription("onnxruntime intra-op threads (default 1)"),
+    Flag.withDefault(1)
+  ),
+  device: Flag.Literals("device", ["cpu", "cuda"]).pipe(
+    Flag.withDescription(
+      "cpu, or cuda when onnxruntime's CUDA libraries are installed; never a silent fallback (default cpu)"
+    ),
+    Flag.withDefault("cpu" as const)
+  ),
   host: Flag.String("host").pipe(
     Flag.withDescription("HTTP listen address (default 127.0.0.1)"),
     Flag.withDefault("127.0.0.1")
@@ -129,6 +145,7 @@ export const Flags = {
     "How long a decode node holds an Expect without KV, or KV without an Expect"
   ),
   maxBody: size("max-body", "4MiB", "Largest request body (then 413)"),
+  benchTimeout: duration("timeout", "600s", "Deadline of each request"),
   apiKey: Flag.String("api-key").pipe(
     Flag.withDescription("Bearer API key clients must send (repeatable; also TANDEM_API_KEYS)"),
     Flag.atLeast(0)

@@ -50,6 +50,8 @@ export interface OpenAiServerOptions {
   readonly healthy: () => boolean
   /** Router only: the `/router/stats` body, built per request. */
   readonly routerStats?: (() => unknown) | undefined
+  /** The front's metrics (the router's backend registers its own in the same registry). */
+  readonly metrics?: HttpMetrics | undefined
   /** More Prometheus text appended to `/metrics` (e.g. the node metrics of `serve`). */
   readonly extraMetrics?: (() => Promise<string>) | undefined
 }
@@ -193,7 +195,7 @@ export interface RunningServer {
 }
 
 export const startOpenAiServer = async (o: OpenAiServerOptions): Promise<RunningServer> => {
-  const metrics = new HttpMetrics()
+  const metrics = o.metrics ?? new HttpMetrics()
   const admission = new Admission({ maxConcurrency: o.maxConcurrency, maxQueue: o.maxQueue }, metrics)
   const inFlightIds = new Set<string>()
   let draining = false

@@ -21,6 +21,7 @@ import { DecodeNode } from "./DecodeNode.js"
 import { socketAddressList } from "./Flags.js"
 import { listen, type BoundListener } from "./Listener.js"
 import { LocalBackend } from "./LocalBackend.js"
+import { HttpMetrics } from "./HttpMetrics.js"
 import { makeLogger, type LogLevel, type Logger } from "./Log.js"
 import { startOpenAiServer } from "./OpenAiServer.js"
 import { PrefillNode } from "./PrefillNode.js"
@@ -240,23 +241,7 @@ export const runRouter = async (o: RouterProcessOptions): Promise<void> => {
     ...prefill.map((address, i) => ({ id: `prefill-${i}`, role: "prefill" as const, address })),
     ...decode.map((address, i) => ({ id: `decode-${i}`, role: "decode" as const, address }))
   ]
-  const registryHolder: { backend?: ClusterBackend } = {}
-  const server = await startOpenAiServer({
-    ...o,
-    modelName: o.servedModelName ?? defaultModelName(o.model),
-    codec,
-    maxBodyBytes: o.maxBody,
-    log,
-    backend: {
-      unavailable: () => registryHolder.backend?.unavailable(),
-      start: (job, sink) => (registryHolder.backend as ClusterBackend).start(job, sink)
-    },
-    healthy: () => registryHolder.backend?.healthy() ?? false,
-    routerStats: () =>
-      (registryHolder.backend as ClusterBackend).stats(
-        routerStatsVerboseFrom(envSetting(process.env, "ROUTER_STATS_VERBOSE"))
-      )
-  })
+  const metrics = new HttpMetrics()
   const backend = new ClusterBackend({
     peers,
     secret,
@@ -266,9 +251,19 @@ export const runRouter = async (o: RouterProcessOptions): Promise<void> => {
     healthTimeoutMs: o.healthTimeoutMs,
     health: { downAfter: o.healthDownAfter, upAfter: o.healthUpAfter },
     log,
-    registry: server.metrics.registry
+    registry: metrics.registry
   })
-  registryHolder.backend = backend
+  const server = await startOpenAiServer({
+    ...o,
+    modelName: o.servedModelName ?? defaultModelName(o.model),
+    codec,
+    maxBodyBytes: o.maxBody,
+    log,
+    metrics,
+    backend,
+    healthy: () => backend.healthy(),
+    routerStats: () => backend.stats(routerStatsVerboseFrom(envSetting(process.env, "ROUTER_STATS_VERBOSE")))
+  })
   backend.connect()
   printReady("router", server.address, null)
   log.info("serving", {

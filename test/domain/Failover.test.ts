@@ -1,6 +1,6 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { blameFor, decideFailover } from "../../src/domain/Failover.js"
+import { blameFor, decideFailover, maxAttemptsFor } from "../../src/domain/Failover.js"
 
 describe("Failover", () => {
   it("retries node failures before the first byte, with growing backoff, up to the attempt limit", () => {
@@ -49,5 +49,18 @@ describe("blameFor", () => {
     expect(blameFor("prefill", "decode_target_rejected")).toBe("prefill")
     expect(blameFor("prefill", "internal")).toBe("prefill")
     expect(blameFor("decode", "unavailable")).toBe("decode")
+  })
+})
+
+describe("maxAttemptsFor", () => {
+  it("property: one attempt per prefill node, at least 1 and at most 3", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: -5, max: 100 }), (n) => {
+        const a = maxAttemptsFor(n)
+        expect(a).toBeGreaterThanOrEqual(1)
+        expect(a).toBeLessThanOrEqual(3)
+        if (n >= 1 && n <= 3) expect(a).toBe(n)
+      })
+    )
   })
 })

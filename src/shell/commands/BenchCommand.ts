@@ -2,7 +2,7 @@
 import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import { parseGoodput } from "../../domain/BenchStats.js"
-import { parseDuration } from "../../domain/Units.js"
+import { Flags } from "../Flags.js"
 import { runBench } from "../Bench.js"
 
 const parseRates = (text: string): ReadonlyArray<number> =>
@@ -89,18 +89,13 @@ export const benchCommand = Command.make(
       Flag.optional
     ),
     apiKey: Flag.String("api-key").pipe(Flag.withDescription("Bearer key for the server"), Flag.optional),
-    timeout: Flag.String("timeout").pipe(
-      Flag.withDescription("Deadline of each request (default 600s)"),
-      Flag.withDefault("600s")
-    )
+    timeout: Flags.benchTimeout
   },
   (f) =>
     Effect.tryPromise({
       try: async () => {
         const goodput = parseGoodput(f.goodput)
         if (!goodput.ok) throw new Error(goodput.reason)
-        const timeout = parseDuration(f.timeout)
-        if (!timeout.ok) throw new Error(`--timeout: ${timeout.reason}`)
         if (f.numPrompts < 1) throw new Error("--num-prompts must be at least 1")
         if (f.burstiness <= 0) throw new Error("--burstiness must be positive")
         await runBench({
@@ -120,7 +115,7 @@ export const benchCommand = Command.make(
           numWarmups: f.numWarmups,
           goodput: f.goodput.length > 0 ? goodput.slo : undefined,
           apiKey: Option.getOrUndefined(f.apiKey),
-          timeoutS: timeout.value / 1000,
+          timeoutS: f.timeout / 1000,
           saveResult: Option.getOrUndefined(f.saveResult),
           plot: Option.getOrUndefined(f.plot),
           interactive: true

@@ -2,16 +2,20 @@
 import { Console, Effect } from "effect"
 import { Command, Flag } from "effect/cli"
 import { greedySampling } from "../../domain/Sampling.js"
+import { defaultSchedulerLimits } from "../../domain/Scheduler.js"
+import type { FinishReason } from "../../domain/WireFrames.js"
+import { Engine } from "../../gpu/Engine.js"
 import { resolveModelDir } from "../../gpu/ModelStore.js"
-import { generateTokens } from "../../gpu/OfflineGenerate.js"
+import { Flags } from "../Flags.js"
+import { LocalBackend } from "../LocalBackend.js"
+import { makeLogger } from "../Log.js"
 import { Runtime } from "../../gpu/Runtime.js"
 import { TextCodec } from "../../gpu/TextCodec.js"
-import { deviceFlag, modelFlag, threadsFlag } from "../Cli.js"
 
 export const generateCommand = Command.make(
   "generate",
   {
-    model: modelFlag,
+    model: Flags.model,
     prompt: Flag.String("prompt").pipe(
       Flag.withDescription("The raw prompt (special tokens as the tokenizer config says)")
     ),
@@ -32,8 +36,8 @@ export const generateCommand = Command.make(
       Flag.withDescription("Print {prompt_token_ids, token_ids, text, finish_reason} as JSON"),
       Flag.withDefault(false)
     ),
-    threads: threadsFlag,
-    device: deviceFlag
+    threads: Flags.threads,
+    device: Flags.device
   },
   (flags) =>
     Effect.gen(function* () {
@@ -55,16 +59,32 @@ export const generateCommand = Command.make(
               `--max-tokens ${flags.maxTokens} + prompt ${promptIds.length} tokens exceeds the context ${codec.config.maxPositions}`
             )
           }
-          const out = await generateTokens(runtime, promptIds, {
-            sampling: { ...greedySampling, temperature: flags.temperature },
-            seed: flags.seed,
-            rules: {
-              maxTokens: flags.maxTokens,
-              minTokens: 0,
-              ignoreEos: flags.ignoreEos,
-              eosTokenIds: codec.eosTokenIds
+          // The same engine and backend as `tandem serve`, so `generate` gives what a server would.
+          const backend = new LocalBackend(new Engine(runtime, defaultSchedulerLimits), codec.eosTokenIds)
+          const out = await new Promise<{ tokenIds: Array<number>; finishReason: FinishReason }>(
+            (resolve, reject) => {
+              const tokenIds: Array<number> = []
+              backend.start(
+                {
+                  id: "generate",
+                  promptTokens: promptIds,
+                  generation: {
+                    sampling: { ...greedySampling, temperature: flags.temperature },
+                    maxTokens: flags.maxTokens,
+                    minTokens: 0,
+                    ignoreEos: flags.ignoreEos,
+                    seed: flags.seed >>> 0
+                  },
+                  log: makeLogger({ role: "generate" }, "warn")
+                },
+                {
+                  token: (_index, token) => void tokenIds.push(token),
+                  done: (finishReason) => resolve({ tokenIds, finishReason }),
+                  fail: (f) => reject(new Error(f.message))
+                }
+              )
             }
-          })
+          )
           return { promptIds, ...out, text: codec.decode(out.tokenIds) }
         },
         catch: (e) => new Error(`generate: ${(e as Error).message}`)

@@ -1,7 +1,6 @@
 /** `tandem router | prefill | decode | serve`: flags in, a long-running process out. */
 import { Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
-import { deviceFlag, modelFlag, threadsFlag } from "../Cli.js"
 import { Flags, logLevel } from "../Flags.js"
 import { apiKeysFrom, runDecode, runPrefill, runRouter, runServe } from "../Processes.js"
 
@@ -21,9 +20,9 @@ const httpFront = {
 }
 
 const engine = {
-  model: modelFlag,
-  threads: threadsFlag,
-  device: deviceFlag,
+  model: Flags.model,
+  threads: Flags.threads,
+  device: Flags.device,
   maxBatch: Flags.maxBatch,
   kvBudgetMb: Flags.kvBudgetMb,
   maxBatchPrefillTokens: Flags.maxBatchPrefillTokens,
@@ -79,7 +78,7 @@ export const routerCommand = Command.make(
   "router",
   {
     ...httpFront,
-    model: modelFlag,
+    model: Flags.model,
     prefillPeers: Flags.prefillPeers,
     decodePeers: Flags.decodePeers,
     routing: Flags.routing,

@@ -14,7 +14,6 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { resolveModelDir } from "../../gpu/ModelStore.js"
-import { deviceFlag, modelFlag, threadsFlag } from "../Cli.js"
 import { Flags, logLevel } from "../Flags.js"
 import type { LogLevel } from "../Log.js"
 import { apiKeysFrom } from "../Processes.js"
@@ -175,15 +174,12 @@ export const upCommand = Command.make(
   {
     prefill: Flag.Int("prefill").pipe(Flag.withDescription("Prefill nodes (default 1)"), Flag.withDefault(1)),
     decode: Flag.Int("decode").pipe(Flag.withDescription("Decode nodes (default 1)"), Flag.withDefault(1)),
-    model: modelFlag,
-    threads: threadsFlag,
-    device: deviceFlag,
+    model: Flags.model,
+    threads: Flags.threads,
+    device: Flags.device,
     maxBatch: Flags.maxBatch,
     kvBudgetMb: Flags.kvBudgetMb,
-    kvLease: Flag.String("kv-lease").pipe(
-      Flag.withDescription("Passed to decode nodes (default 30s)"),
-      Flag.withDefault("30s")
-    ),
+    kvLease: Flags.kvLease,
     host: Flags.host,
     port: Flags.port(8080),
     routing: Flags.routing,
@@ -191,22 +187,10 @@ export const upCommand = Command.make(
     apiKey: Flags.apiKey,
     maxConcurrency: Flags.maxConcurrency,
     maxQueue: Flags.maxQueue,
-    queueTimeout: Flag.String("queue-timeout").pipe(
-      Flag.withDescription("Router flag (default 30s)"),
-      Flag.withDefault("30s")
-    ),
-    requestTimeout: Flag.String("request-timeout").pipe(
-      Flag.withDescription("Router flag (default 600s)"),
-      Flag.withDefault("600s")
-    ),
-    healthInterval: Flag.String("health-interval").pipe(
-      Flag.withDescription("Router flag (default 2s)"),
-      Flag.withDefault("2s")
-    ),
-    maxBody: Flag.String("max-body").pipe(
-      Flag.withDescription("Router flag (default 4MiB)"),
-      Flag.withDefault("4MiB")
-    )
+    queueTimeout: Flags.queueTimeout,
+    requestTimeout: Flags.requestTimeout,
+    healthInterval: Flags.healthInterval,
+    maxBody: Flags.maxBody
   },
   (f) =>
     Effect.gen(function* () {
@@ -236,14 +220,15 @@ export const upCommand = Command.make(
         String(f.maxConcurrency),
         "--max-queue",
         String(f.maxQueue),
+        // Parsed here (a bad value fails `up` itself), passed on in canonical units.
         "--queue-timeout",
-        f.queueTimeout,
+        `${f.queueTimeout}ms`,
         "--request-timeout",
-        f.requestTimeout,
+        `${f.requestTimeout}ms`,
         "--health-interval",
-        f.healthInterval,
+        `${f.healthInterval}ms`,
         "--max-body",
-        f.maxBody,
+        String(f.maxBody),
         "--log-level",
         level
       ]
@@ -254,7 +239,7 @@ export const upCommand = Command.make(
             decode: f.decode,
             passthrough,
             routerArgs,
-            decodeArgs: ["--kv-lease", f.kvLease],
+            decodeArgs: ["--kv-lease", `${f.kvLease}ms`],
             model: f.model,
             apiKey: keys[0]
           }),
