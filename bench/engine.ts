@@ -1,29 +1,39 @@
 /**
- * Engine benchmark: Tandem's runtime beside a bare onnxruntime loop over the same model and thread count,
- * measured alternately in one run. Prefill tokens/s (one 128-token prompt), decode tokens/s at batch 1
- * and batch 8 (64 steps after a 64-token prompt). Prints JSON; medians over rounds.
+ * Engine benchmark, three contestants over the same weights and thread count, measured alternately in
+ * one run:
  *
- *   npm run bench:engine -- [--model builtin:small] [--threads 1] [--rounds 5]
+ * - `tandem`: Tandem's runtime on the built-in model (in-place KV layout: the graph returns only new K/V);
+ * - `tandem_concat`: Tandem's runtime on the same weights in the Optimum layout (`present` = past + new,
+ *   what exported models use);
+ * - `bare_concat`: a bare onnxruntime loop on the Optimum layout, presents fed straight back.
+ *
+ * Prefill tokens/s (one 128-token prompt), decode tokens/s at batch 1 and batch 8 (64 steps after a
+ * 64-token prompt, and after a 256-token prompt). Prints JSON; medians over rounds.
+ *
+ *   npm run bench:engine -- [--size small] [--threads 1] [--rounds 5]
  */
 import ort from "onnxruntime-node"
 import { join } from "node:path"
 import { parseArgs } from "node:util"
-import { resolveModelDir } from "../src/gpu/ModelStore.js"
+import { ensureBuiltin } from "../src/gpu/ModelStore.js"
+
 import { Runtime, type Sequence } from "../src/gpu/Runtime.js"
 
 const { values } = parseArgs({
   options: {
-    model: { type: "string", default: "builtin:small" },
+    size: { type: "string", default: "small" },
     threads: { type: "string", default: "1" },
     rounds: { type: "string", default: "5" }
   }
 })
 const threads = Number(values.threads)
 const rounds = Number(values.rounds)
-const dir = resolveModelDir(values.model)
+const size = values.size === "tiny" ? "tiny" : "small"
+const dir = ensureBuiltin(size, process.env, "concat")
 const PROMPT = 64
 const STEPS = 64
 const PREFILL = 128
+const LONG_PROMPT = 256
 
 const median = (xs: ReadonlyArray<number>) =>
   [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number
@@ -35,8 +45,10 @@ const argmax = (a: Float32Array, from = 0, to = a.length) => {
 const promptOf = (n: number, seed: number) =>
   Array.from({ length: n }, (_, i) => 3 + ((i * 31 + seed * 17) % 256))
 
-const runtime = await Runtime.load(dir, { device: "cpu", threads })
-const { layers: L, kvHeads: KV, headDim: Dh } = runtime.config
+const inplace = await Runtime.load(ensureBuiltin(size), { device: "cpu", threads })
+const concat = await Runtime.load(dir, { device: "cpu", threads })
+const { layers: L, kvHeads: KV, headDim: Dh } = concat.config
+
 const bare = await ort.InferenceSession.create(join(dir, "model.onnx"), {
   intraOpNumThreads: threads,
   interOpNumThreads: 1,
@@ -87,7 +99,7 @@ const bareGenerate = async (B: number, promptLen: number, steps: number) => {
   return { prefillMs, decodeMs: performance.now() - t }
 }
 
-const tandemGenerate = async (B: number, promptLen: number, steps: number) => {
+const tandemGenerate = (runtime: Runtime) => async (B: number, promptLen: number, steps: number) => {
   let t = performance.now()
   const first = await runtime.prefill(Array.from({ length: B }, (_, b) => promptOf(promptLen, b)))
   const prefillMs = performance.now() - t
@@ -103,43 +115,68 @@ const tandemGenerate = async (B: number, promptLen: number, steps: number) => {
   return { prefillMs, decodeMs }
 }
 
-const results: Record<string, { tandem: Array<number>; bare: Array<number> }> = {
-  prefill_tokens_per_s: { tandem: [], bare: [] },
-  decode_b1_tokens_per_s: { tandem: [], bare: [] },
-  decode_b8_tokens_per_s: { tandem: [], bare: [] }
+const contestants = {
+  tandem: tandemGenerate(inplace),
+  tandem_concat: tandemGenerate(concat),
+  bare_concat: bareGenerate
 }
-const record = (key: string, who: "tandem" | "bare", v: number) => results[key]?.[who].push(v)
+type Who = keyof typeof contestants
+const order: ReadonlyArray<Who> = ["tandem", "tandem_concat", "bare_concat"]
+const results: Record<string, Record<Who, Array<number>>> = {}
+const record = (key: string, who: Who, v: number) => {
+  results[key] ??= { tandem: [], tandem_concat: [], bare_concat: [] }
+  results[key][who].push(v)
+}
 
-await tandemGenerate(1, 16, 4) // warm-up
-await bareGenerate(1, 16, 4)
+for (const who of order) await contestants[who](1, 16, 4) // warm-up
 for (let r = 0; r < rounds; r++) {
-  for (const who of r % 2 === 0 ? (["tandem", "bare"] as const) : (["bare", "tandem"] as const)) {
-    const gen = who === "tandem" ? tandemGenerate : bareGenerate
+  // Rotate who goes first, so drift on a shared machine does not favour anyone.
+  for (const who of order.map((_, i) => order[(i + r) % order.length] as Who)) {
+    const gen = contestants[who]
     const p = await gen(1, PREFILL, 0)
     record("prefill_tokens_per_s", who, (PREFILL * 1000) / p.prefillMs)
-    const d1 = await gen(1, PROMPT, STEPS)
-    record("decode_b1_tokens_per_s", who, (STEPS * 1000) / d1.decodeMs)
-    const d8 = await gen(8, PROMPT, STEPS)
-    record("decode_b8_tokens_per_s", who, (8 * STEPS * 1000) / d8.decodeMs)
+    for (const promptLen of [PROMPT, LONG_PROMPT])
+      for (const B of [1, 8]) {
+        const d = await gen(B, promptLen, STEPS)
+        record(`decode_b${B}_p${promptLen}_tokens_per_s`, who, (B * STEPS * 1000) / d.decodeMs)
+      }
   }
 }
 const summary = Object.fromEntries(
   Object.entries(results).map(([k, v]) => {
-    const t = median(v.tandem)
-    const b = median(v.bare)
-    return [k, { tandem: Math.round(t), bare: Math.round(b), ratio: Number((t / b).toFixed(3)) }]
+    const m = Object.fromEntries(order.map((who) => [who, Math.round(median(v[who]))])) as Record<Who, number>
+    return [
+      k,
+      {
+        ...m,
+        tandem_over_concat: Number((m.tandem / m.tandem_concat).toFixed(3)),
+        concat_runtime_over_bare: Number((m.tandem_concat / m.bare_concat).toFixed(3))
+      }
+    ]
   })
 )
+const b8 = (p: number, who: Who) => median(results[`decode_b8_p${p}_tokens_per_s`]![who])
+const b1 = (p: number, who: Who) => median(results[`decode_b1_p${p}_tokens_per_s`]![who])
 console.log(
   JSON.stringify(
     {
-      model: values.model,
+      size,
       threads,
       rounds,
       prompt: PROMPT,
+      long_prompt: LONG_PROMPT,
       steps: STEPS,
       prefill_prompt: PREFILL,
-      ...summary
+      ...summary,
+      b8_over_b1: Object.fromEntries(
+        order.map((who) => [
+          who,
+          {
+            [`p${PROMPT}`]: Number((b8(PROMPT, who) / b1(PROMPT, who)).toFixed(2)),
+            [`p${LONG_PROMPT}`]: Number((b8(LONG_PROMPT, who) / b1(LONG_PROMPT, who)).toFixed(2))
+          }
+        ])
+      )
     },
     null,
     1

@@ -8,7 +8,13 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, w
 import { homedir } from "node:os"
 import { basename, join, resolve } from "node:path"
 import { BYTE_BOS_ID, BYTE_EOS_ID, byteTokenizerConfig, byteTokenizerJson } from "./ByteTokenizer.js"
-import { builtinDims, type BuiltinSize, GENERATOR_VERSION, generateModel } from "./ModelGenerator.js"
+import {
+  builtinDims,
+  type BuiltinSize,
+  GENERATOR_VERSION,
+  generateModel,
+  type KvLayout
+} from "./ModelGenerator.js"
 
 export const cacheDir = (env: NodeJS.ProcessEnv = process.env): string =>
   env["TANDEM_CACHE_DIR"] !== undefined && env["TANDEM_CACHE_DIR"] !== ""
@@ -57,8 +63,10 @@ export interface GenerateOptions {
   readonly size: BuiltinSize
   /** Build the model over this tokenizer's vocabulary and copy its tokenizer files. */
   readonly tokenizerDir?: string | undefined
-  /** false: a graph without a `position_ids` input (positions derived from the mask). */
+  /** false: a graph without a `position_ids` input (positions derived from the mask; concat layout only). */
   readonly positionIdsInput?: boolean | undefined
+  /** Default `inplace`; `concat` writes the Optimum layout exported models use. */
+  readonly kvLayout?: KvLayout | undefined
 }
 
 /** Writes model.onnx, config.json, tokenizer.json and tokenizer_config.json into `outDir`. */
@@ -69,7 +77,8 @@ export const writeModelDir = (outDir: string, options: GenerateOptions): void =>
     const model = generateModel(builtinDims(options.size, facts.vocab), {
       ...(facts.eos !== undefined ? { eosTokenId: facts.eos } : {}),
       ...(facts.bos !== undefined ? { bosTokenId: facts.bos } : {}),
-      positionIdsInput: options.positionIdsInput !== false
+      positionIdsInput: options.positionIdsInput !== false,
+      kvLayout: options.kvLayout ?? "inplace"
     })
     for (const f of ["tokenizer.json", "tokenizer_config.json"])
       writeFileSync(join(outDir, f), readFileSync(join(options.tokenizerDir, f)))
@@ -80,7 +89,8 @@ export const writeModelDir = (outDir: string, options: GenerateOptions): void =>
   const model = generateModel(builtinDims(options.size), {
     eosTokenId: BYTE_EOS_ID,
     bosTokenId: BYTE_BOS_ID,
-    positionIdsInput: options.positionIdsInput !== false
+    positionIdsInput: options.positionIdsInput !== false,
+    kvLayout: options.kvLayout ?? "inplace"
   })
   writeFileSync(join(outDir, "model.onnx"), model.onnx)
   writeFileSync(join(outDir, "config.json"), JSON.stringify(model.config, null, 2) + "\n")
@@ -88,15 +98,23 @@ export const writeModelDir = (outDir: string, options: GenerateOptions): void =>
   writeFileSync(join(outDir, "tokenizer_config.json"), JSON.stringify(byteTokenizerConfig(), null, 2) + "\n")
 }
 
-/** The directory of a built-in model, generating it on first use. */
-export const ensureBuiltin = (size: BuiltinSize, env: NodeJS.ProcessEnv = process.env): string => {
+/**
+ * The directory of a built-in model, generating it on first use. `concat`: the same weights in the
+ * Optimum KV layout (what exported models use; for tests and benchmarks of that path).
+ */
+export const ensureBuiltin = (
+  size: BuiltinSize,
+  env: NodeJS.ProcessEnv = process.env,
+  kvLayout: KvLayout = "inplace"
+): string => {
   const root = cacheDir(env)
-  const final = join(root, `builtin-${size}-g${GENERATOR_VERSION}`)
+  const final = join(root, `builtin-${size}-g${GENERATOR_VERSION}${kvLayout === "concat" ? "-concat" : ""}`)
   if (existsSync(join(final, MARKER))) return final
   mkdirSync(root, { recursive: true })
   const tmp = mkdtempSync(join(root, `.tmp-builtin-${size}-`))
   try {
-    writeModelDir(tmp, { size })
+    writeModelDir(tmp, { size, kvLayout })
+
     writeFileSync(join(tmp, MARKER), "")
     try {
       renameSync(tmp, final)

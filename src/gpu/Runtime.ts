@@ -2,11 +2,18 @@
  * The inference runtime: one onnxruntime session over a model directory, with an explicit KV cache per
  * sequence that can be exported as bytes and imported in another process.
  *
- * KV layout: per layer, key and value tensors of `[kvHeads, tokens, headDim]` float32. A batched decode
- * step packs the live sequences left-padded into `[B, kvHeads, P, headDim]` past tensors; while the batch
- * stays the same from one step to the next, the previous step's `present` outputs are fed straight back
- * (no copy). When sequences join or leave, every member is copied out of the old batch into its own store
- * and a new batch is packed.
+ * KV layout: per layer, key and value tensors of `[kvHeads, tokens, headDim]` float32. Two model layouts
+ * (see `ModelGenerator.ts`):
+ *
+ * - `rows` (the built-in models: the graph returns only the new positions' K/V): the decode batch lives in
+ *   long-lived buffers `[rows, kvHeads, M, headDim]`, one row per running sequence, fed to every step as
+ *   they are; each step writes its one new position per row. A sequence joining the batch is copied into a
+ *   free row once; one leaving is copied out (if it is still alive) and the last row moves into its place.
+ *   No step copies the cache.
+ * - `concat` (Optimum exports: the graph returns `present` = past + new): a batched decode step packs the
+ *   live sequences left-padded into `[B, kvHeads, P, headDim]` past tensors; while the batch stays the same
+ *   from one step to the next, the previous step's `present` outputs are fed straight back. When sequences
+ *   join or leave, every member is copied out of the old batch into its own store and a new batch is packed.
  */
 import { existsSync } from "node:fs"
 import { dirname, join } from "node:path"
@@ -44,9 +51,118 @@ export class Sequence {
   /** Tokens whose K/V the cache holds. */
   length = 0
   freed = false
-  /** @internal */ owner: { batch: PackedBatch; row: number } | undefined
-  /** @internal */ store: KvStore | undefined
+  /** @internal concat layout: the packed batch whose tensors hold it. */
+  owner: { batch: PackedBatch; row: number } | undefined
+  /** @internal rows layout: its row in the decode batch. */
+  row: number | undefined
+  /** @internal its own store, when it lives in neither. */
+  store: KvStore | undefined
 }
+
+/**
+ * The rows layout's decode batch: per layer and kind a buffer `[capacityRows, kvHeads, M, headDim]`;
+ * `seqs[r]` lives in row r, positions 0..length-1. Positions past a row's length are never read.
+ */
+class RowBatch {
+  seqs: Array<Sequence> = []
+  M = 0
+  capacityRows = 0
+  /** Index `2 * layer + (value ? 1 : 0)`. */
+  bufs: Array<Float32Array> = []
+
+  constructor(
+    private readonly tensorCount: number,
+    private readonly kvHeads: number,
+    private readonly headDim: number
+  ) {}
+
+  get rowFloats(): number {
+    return this.kvHeads * this.M * this.headDim
+  }
+
+  /** Row r as a store (views, no copy). */
+  view(r: number): KvStore {
+    const n = this.rowFloats
+    const at = (i: number) => (this.bufs[i] as Float32Array).subarray(r * n, (r + 1) * n)
+    const half = this.tensorCount / 2
+    return {
+      capacity: this.M,
+      keys: Array.from({ length: half }, (_, l) => at(2 * l)),
+      values: Array.from({ length: half }, (_, l) => at(2 * l + 1))
+    }
+  }
+
+  /** Makes room for `rows` rows of at least `positions` positions, keeping every resident row. */
+  reserve(rows: number, positions: number): void {
+    if (rows <= this.capacityRows && positions <= this.M) return
+    const M = positions <= this.M ? this.M : Math.ceil(positions / 64) * 64
+    const capacityRows =
+      rows <= this.capacityRows ? this.capacityRows : Math.max(8, rows, this.capacityRows * 2)
+    const old = this.seqs.map((s, r) => ({ s, store: this.view(r) }))
+    this.bufs = Array.from(
+      { length: this.tensorCount },
+      () => new Float32Array(capacityRows * this.kvHeads * M * this.headDim)
+    )
+    this.M = M
+    this.capacityRows = capacityRows
+    old.forEach(({ s, store }, r) => copyPositions(store, this.view(r), s.length, this.kvHeads, this.headDim))
+  }
+
+  reset(): void {
+    this.bufs = []
+    this.M = 0
+    this.capacityRows = 0
+  }
+
+  /** Removes row r; the last row moves into it. */
+  remove(r: number): void {
+    const last = this.seqs.length - 1
+    const leaving = this.seqs[r] as Sequence
+    leaving.row = undefined
+    if (r !== last) {
+      const moved = this.seqs[last] as Sequence
+      copyPositions(this.view(last), this.view(r), moved.length, this.kvHeads, this.headDim)
+      this.seqs[r] = moved
+      moved.row = r
+    }
+    this.seqs.pop()
+  }
+}
+
+/** Copies positions 0..tokens-1 of every layer and kind from one store to another. */
+const copyPositions = (
+  from: KvStore,
+  to: KvStore,
+  tokens: number,
+  kvHeads: number,
+  headDim: number
+): void => {
+  for (const [src, dst] of [
+    [from.keys, to.keys],
+    [from.values, to.values]
+  ] as const)
+    src.forEach((s, l) => {
+      const d = dst[l] as Float32Array
+      for (let h = 0; h < kvHeads; h++)
+        d.set(
+          s.subarray(h * from.capacity * headDim, (h * from.capacity + tokens) * headDim),
+          h * to.capacity * headDim
+        )
+    })
+}
+
+/** A store as a write target for `Runtime.writeNew`. */
+const storeTarget = (store: KvStore) => ({
+  of: (i: number) => (i % 2 === 0 ? store.keys : store.values)[i >> 1] as Float32Array,
+  base: 0,
+  capacity: store.capacity
+})
+
+const emptyStore = (layers: number, capacity: number, kvHeads: number, headDim: number): KvStore => ({
+  capacity,
+  keys: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim)),
+  values: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim))
+})
 
 export interface KvExport {
   readonly descriptor: KvDescriptor
@@ -75,8 +191,15 @@ const ortBinaryDir = (): string => {
   return join(pkg, "bin", "napi-v6", process.platform, process.arch)
 }
 
+export type KvModelLayout = "rows" | "concat"
+
 export class Runtime {
+  /** `rows`: the graph returns only new K/V (see the file comment). */
+  readonly layout: KvModelLayout
   private lastBatch: PackedBatch | undefined
+  private pending: Promise<void> = Promise.resolve()
+
+  private readonly rowBatch: RowBatch
   private readonly hasPositionIds: boolean
   private readonly kvBytesPerToken: number
 
@@ -89,6 +212,8 @@ export class Runtime {
   ) {
     this.hasPositionIds = session.inputNames.includes("position_ids")
     this.kvBytesPerToken = 2 * config.layers * config.kvHeads * config.headDim * 4
+    this.layout = session.outputNames.includes("new.0.key") ? "rows" : "concat"
+    this.rowBatch = new RowBatch(2 * config.layers, config.kvHeads, config.headDim)
   }
 
   static async load(dir: string, options: RuntimeOptions): Promise<Runtime> {
@@ -143,7 +268,38 @@ export class Runtime {
    * Prefills several prompts at once (ragged, left-padded). Returns each prompt's new sequence and the
    * logits of its last position.
    */
-  async prefill(
+  prefill(
+    prompts: ReadonlyArray<ReadonlyArray<number>>
+  ): Promise<Array<{ seq: Sequence; logits: Float32Array }>> {
+    return this.serial(() => this.prefillNow(prompts))
+  }
+
+  /** Continues one sequence with more prompt tokens (chunked prefill); returns the last position's logits. */
+  extend(seq: Sequence, tokens: ReadonlyArray<number>): Promise<Float32Array> {
+    return this.serial(() => this.extendNow(seq, tokens))
+  }
+
+  /** One decode step over sequences of any lengths: feeds each its next token, returns each one's logits. */
+  decode(
+    steps: ReadonlyArray<{ readonly seq: Sequence; readonly token: number }>
+  ): Promise<Array<Float32Array>> {
+    return this.serial(() => this.decodeNow(steps))
+  }
+
+  /**
+   * Runs model calls one at a time, in call order: a call rearranges shared KV buffers before its run, so
+   * two calls must not interleave (callers may still issue them concurrently).
+   */
+  private serial<T>(f: () => Promise<T>): Promise<T> {
+    const run = this.pending.then(f)
+    this.pending = run.then(
+      () => undefined,
+      () => undefined
+    )
+    return run
+  }
+
+  private async prefillNow(
     prompts: ReadonlyArray<ReadonlyArray<number>>
   ): Promise<Array<{ seq: Sequence; logits: Float32Array }>> {
     const B = prompts.length
@@ -152,6 +308,7 @@ export class Runtime {
     if (S === 0) throw new Error("prefill needs at least one token per prompt")
     if (S > this.config.maxPositions)
       throw new Error(`prompt of ${S} tokens exceeds the context ${this.config.maxPositions}`)
+    if (this.layout === "rows") return this.prefillRows(prompts, S)
     const ids = new BigInt64Array(B * S)
     const mask = new BigInt64Array(B * S)
     const pos = new BigInt64Array(B * S)
@@ -187,12 +344,12 @@ export class Runtime {
     return seqs.map((seq, b) => ({ seq, logits: this.logitsRow(out, b, S - 1) }))
   }
 
-  /** Continues one sequence with more prompt tokens (chunked prefill); returns the last position's logits. */
-  async extend(seq: Sequence, tokens: ReadonlyArray<number>): Promise<Float32Array> {
+  private async extendNow(seq: Sequence, tokens: ReadonlyArray<number>): Promise<Float32Array> {
     this.assertLive(seq)
     if (tokens.length === 0) throw new Error("extend needs at least one token")
     if (seq.length + tokens.length > this.config.maxPositions)
       throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
+    if (this.layout === "rows") return this.extendRows(seq, tokens)
     const S = tokens.length
     const past = this.pastFor([seq])
     const P = past.P
@@ -213,8 +370,7 @@ export class Runtime {
     return this.logitsRow(out, 0, S - 1)
   }
 
-  /** One decode step over sequences of any lengths: feeds each its next token, returns each one's logits. */
-  async decode(
+  private async decodeNow(
     steps: ReadonlyArray<{ readonly seq: Sequence; readonly token: number }>
   ): Promise<Array<Float32Array>> {
     const B = steps.length
@@ -226,6 +382,7 @@ export class Runtime {
         throw new Error(`sequence would exceed the context ${this.config.maxPositions}`)
     }
     if (new Set(seqs).size !== B) throw new Error("a sequence appears twice in one decode step")
+    if (this.layout === "rows") return this.decodeRows(steps)
     const past = this.pastFor(seqs)
     const P = past.P
     const mask = new BigInt64Array(B * (P + 1))
@@ -249,7 +406,7 @@ export class Runtime {
   /** The sequence's KV as a descriptor plus one contiguous byte tensor per layer and kind. */
   exportKv(seq: Sequence): KvExport {
     this.assertLive(seq)
-    const store = this.materialize(seq)
+    const store = seq.row !== undefined ? this.rowBatch.view(seq.row) : this.materialize(seq)
     const { layers, kvHeads, headDim } = this.config
     const T = seq.length
     const tensors: Array<{ layer: number; kind: "key" | "value"; bytes: Uint8Array }> = []
@@ -315,6 +472,200 @@ export class Runtime {
     seq.freed = true
     seq.store = undefined
     seq.owner = undefined
+  }
+
+  /** Feeds for the rows layout (input_ids, position_ids, seqlens_k, total_sequence_length). */
+  private rowFeeds(
+    B: number,
+    S: number,
+    fill: (b: number, ids: BigInt64Array, pos: BigInt64Array) => number
+  ): Record<string, ort.Tensor> {
+    const ids = new BigInt64Array(B * S)
+    const pos = new BigInt64Array(B * S)
+    const seqlens = new Int32Array(B)
+    let total = 0
+    for (let b = 0; b < B; b++) {
+      const t = fill(b, ids, pos)
+      seqlens[b] = t - 1
+      total = Math.max(total, t)
+    }
+    return {
+      input_ids: new ort.Tensor("int64", ids, [B, S]),
+      position_ids: new ort.Tensor("int64", pos, [B, S]),
+      seqlens_k: new ort.Tensor("int32", seqlens, [B]),
+      total_sequence_length: new ort.Tensor("int32", Int32Array.of(total), [])
+    }
+  }
+
+  /**
+   * Writes `count` new positions of output row b (`new.{l}.{kind}`, `[B,S,kvHeads*headDim]`), from output
+   * position `from`, into `store` at position `at`.
+   */
+  private writeNew(
+    out: ort.InferenceSession.OnnxValueMapType,
+    b: number,
+    count: number,
+    dst: { readonly of: (i: number) => Float32Array; readonly base: number; readonly capacity: number },
+    at: number
+  ): void {
+    const { layers, kvHeads, headDim } = this.config
+    for (let l = 0; l < layers; l++)
+      for (const [k, kind] of (["key", "value"] as const).entries()) {
+        const t = out[`new.${l}.${kind}`] as ort.Tensor
+        const S = t.dims[1] as number
+        const src = t.data as Float32Array
+        const d = dst.of(2 * l + k)
+        for (let s = 0; s < count; s++)
+          for (let h = 0; h < kvHeads; h++) {
+            const i = ((b * S + s) * kvHeads + h) * headDim
+            d.set(src.subarray(i, i + headDim), dst.base + (h * dst.capacity + at + s) * headDim)
+          }
+      }
+  }
+
+  /** Past tensors over `bufs`' first `B` rows of `P` positions (no copy). */
+  private pastOver(
+    B: number,
+    P: number,
+    tensor: (i: number) => Float32Array | undefined
+  ): Record<string, ort.Tensor> {
+    const { layers, kvHeads, headDim } = this.config
+    const n = B * kvHeads * P * headDim
+    const feeds: Record<string, ort.Tensor> = {}
+    for (let l = 0; l < layers; l++)
+      for (const [k, kind] of (["key", "value"] as const).entries()) {
+        const buf = tensor(2 * l + k)
+        feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor(
+          "float32",
+          buf === undefined ? new Float32Array(0) : buf.subarray(0, n),
+          [B, kvHeads, P, headDim]
+        )
+      }
+    return feeds
+  }
+
+  private async prefillRows(
+    prompts: ReadonlyArray<ReadonlyArray<number>>,
+    S: number
+  ): Promise<Array<{ seq: Sequence; logits: Float32Array }>> {
+    const B = prompts.length
+    const { layers, kvHeads, headDim } = this.config
+    // Right-padded: row b's real tokens are positions 0..len-1; padding is never attended by them.
+    const feeds = {
+      ...this.rowFeeds(B, S, (b, ids, pos) => {
+        const p = prompts[b] as ReadonlyArray<number>
+        for (let j = 0; j < S; j++) {
+          ids[b * S + j] = BigInt(p[j] ?? 0)
+          pos[b * S + j] = BigInt(j)
+        }
+        return p.length
+      }),
+      ...this.pastOver(B, 0, () => undefined)
+    }
+    const out = await this.session.run(feeds)
+    return prompts.map((p, b) => {
+      const seq = new Sequence()
+      seq.length = p.length
+      seq.store = emptyStore(layers, Math.max(64, 2 * p.length), kvHeads, headDim)
+      this.writeNew(out, b, p.length, storeTarget(seq.store), 0)
+      return { seq, logits: this.logitsRow(out, b, p.length - 1) }
+    })
+  }
+
+  private async extendRows(seq: Sequence, tokens: ReadonlyArray<number>): Promise<Float32Array> {
+    const { layers, kvHeads, headDim } = this.config
+    const S = tokens.length
+    const need = seq.length + S
+    // Chunked prefill works on the sequence's own store, grown to fit.
+    if (seq.row !== undefined) {
+      seq.store = this.ownStore(seq)
+      this.rowBatch.remove(seq.row)
+    }
+    let store = this.ownStore(seq)
+    if (store.capacity < need) {
+      const grown = emptyStore(layers, Math.max(2 * store.capacity, need), kvHeads, headDim)
+      copyPositions(store, grown, seq.length, kvHeads, headDim)
+      store = seq.store = grown
+    }
+    const s0 = store
+    const feeds = {
+      ...this.rowFeeds(1, S, (_, ids, pos) => {
+        tokens.forEach((t, j) => {
+          ids[j] = BigInt(t)
+          pos[j] = BigInt(seq.length + j)
+        })
+        return need
+      }),
+      ...this.pastOver(1, s0.capacity, (i) => (i % 2 === 0 ? s0.keys : s0.values)[i >> 1])
+    }
+    const out = await this.session.run(feeds)
+    this.writeNew(out, 0, S, storeTarget(s0), seq.length)
+    seq.length = need
+    return this.logitsRow(out, 0, S - 1)
+  }
+
+  private async decodeRows(
+    steps: ReadonlyArray<{ readonly seq: Sequence; readonly token: number }>
+  ): Promise<Array<Float32Array>> {
+    const rb = this.rowBatch
+    this.arrangeRows(steps.map((s) => s.seq))
+    const B = rb.seqs.length
+    const tokenOf = new Map(steps.map((s) => [s.seq, s.token]))
+    const feeds = {
+      ...this.rowFeeds(B, 1, (b, ids, pos) => {
+        const s = rb.seqs[b] as Sequence
+        ids[b] = BigInt(tokenOf.get(s) as number)
+        pos[b] = BigInt(s.length)
+        return s.length + 1
+      }),
+      ...this.pastOver(B, rb.M, (i) => rb.bufs[i])
+    }
+    const out = await this.session.run(feeds)
+    const rowFloats = rb.rowFloats
+    const of = (i: number) => rb.bufs[i] as Float32Array
+    rb.seqs.forEach((s, b) => {
+      this.writeNew(out, b, 1, { of, base: b * rowFloats, capacity: rb.M }, s.length)
+      s.length += 1
+    })
+    return steps.map((s) => this.logitsRow(out, s.seq.row as number, 0))
+  }
+
+  /** Makes the decode batch's rows exactly `seqs`: others leave (copied out if alive), newcomers join. */
+  private arrangeRows(seqs: ReadonlyArray<Sequence>): void {
+    const rb = this.rowBatch
+    const wanted = new Set(seqs)
+    for (let r = rb.seqs.length - 1; r >= 0; r--) {
+      const s = rb.seqs[r] as Sequence
+      if (wanted.has(s)) continue
+      if (!s.freed) s.store = this.ownStore(s)
+      rb.remove(r)
+    }
+    // An emptied batch gives its buffers back (a long sequence no longer sets every row's size).
+    if (rb.seqs.length === 0) rb.reset()
+    const longest = Math.max(...seqs.map((s) => s.length))
+    rb.reserve(seqs.length, longest + 1)
+    for (const s of seqs) {
+      if (s.row !== undefined) continue
+      const store = s.store
+      if (store === undefined) throw new Error("sequence has no KV")
+      const r = rb.seqs.length
+      rb.seqs.push(s)
+      s.row = r
+      copyPositions(store, rb.view(r), s.length, this.config.kvHeads, this.config.headDim)
+      s.store = undefined
+    }
+  }
+
+  /** The sequence's own store (rows layout), copied out of its decode-batch row when it lives there. */
+  private ownStore(seq: Sequence): KvStore {
+    if (seq.row === undefined) {
+      if (seq.store === undefined) throw new Error("sequence has no KV")
+      return seq.store
+    }
+    const { layers, kvHeads, headDim } = this.config
+    const store = emptyStore(layers, Math.max(64, 2 * seq.length), kvHeads, headDim)
+    copyPositions(this.rowBatch.view(seq.row), store, seq.length, kvHeads, headDim)
+    return store
   }
 
   private assertLive(seq: Sequence): void {
@@ -440,14 +791,18 @@ const checkLayout = (file: string, session: ort.InferenceSession, config: ModelC
       )
     }
   }
+  const rows = outputs.has("new.0.key")
   need(inputs, "input_ids", "input")
-  need(inputs, "attention_mask", "input")
   need(outputs, "logits", "output")
+  if (rows)
+    for (const name of ["position_ids", "seqlens_k", "total_sequence_length"]) need(inputs, name, "input")
+  else need(inputs, "attention_mask", "input")
   for (let l = 0; l < config.layers; l++)
     for (const kv of ["key", "value"]) {
       need(inputs, `past_key_values.${l}.${kv}`, "input")
-      need(outputs, `present.${l}.${kv}`, "output")
+      need(outputs, `${rows ? "new" : "present"}.${l}.${kv}`, "output")
     }
+
   if (inputs.has(`past_key_values.${config.layers}.key`)) {
     throw new ModelLoadError(
       file,

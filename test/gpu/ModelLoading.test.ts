@@ -7,7 +7,7 @@ import { generateModel, builtinDims } from "../../src/gpu/ModelGenerator.js"
 import { writeModelDir } from "../../src/gpu/ModelStore.js"
 import { Runtime } from "../../src/gpu/Runtime.js"
 import { TextCodec } from "../../src/gpu/TextCodec.js"
-import { argmax, builtinDir, maxAbsDiff, prompt } from "./models.js"
+import { argmax, builtinDir, maxAbsDiff, modelDir, prompt } from "./models.js"
 
 const { onnx } = onnxProto
 const scratch = mkdtempSync(join(tmpdir(), "tandem-load-"))
@@ -33,9 +33,10 @@ describe("built-in model generation", () => {
 
   it("a graph without a position_ids input (positions from the mask) gives the same logits, ragged batches included", async () => {
     const dir = join(scratch, "nopos")
-    writeModelDir(dir, { size: "tiny", positionIdsInput: false })
-    const withPos = await load(builtinDir("tiny"))
+    writeModelDir(dir, { size: "tiny", positionIdsInput: false, kvLayout: "concat" })
+    const withPos = await load(modelDir("tiny", "concat"))
     const noPos = await load(dir)
+
     const prompts = [prompt(12, 1), prompt(5, 2)]
     const a = await withPos.prefill(prompts)
     const b = await noPos.prefill(prompts)
@@ -138,4 +139,32 @@ describe("loading errors name the file and the problem", () => {
     builtinDir("tiny")
     expect(readdirSync(join(tmpdir(), "tandem-test-models")).filter((f) => f.startsWith(".tmp"))).toEqual([])
   })
+})
+
+describe("the two KV layouts", () => {
+  it.each(["tiny", "small"] as const)(
+    "inplace (GroupQueryAttention, new K/V only) and concat (Optimum) give the same logits on %s, ragged and chunked",
+    async (size) => {
+      const inplace = await load(modelDir(size, "inplace"))
+      const concat = await load(modelDir(size, "concat"))
+      expect([inplace.layout, concat.layout]).toEqual(["rows", "concat"])
+      const prompts = [prompt(17, 31), prompt(6, 32), prompt(1, 33)]
+      const a = await inplace.prefill(prompts)
+      const b = await concat.prefill(prompts)
+      let worst = Math.max(...a.map((x, i) => maxAbsDiff(x.logits, b[i]!.logits)))
+      let tokens = a.map((x) => argmax(x.logits))
+      for (let step = 0; step < 6; step++) {
+        const da = await inplace.decode(a.map((x, i) => ({ seq: x.seq, token: tokens[i]! })))
+        const db = await concat.decode(b.map((x, i) => ({ seq: x.seq, token: tokens[i]! })))
+        worst = Math.max(worst, ...da.map((x, i) => maxAbsDiff(x, db[i]!)))
+        tokens = da.map(argmax)
+      }
+      const chunk = prompt(9, 34)
+      worst = Math.max(
+        worst,
+        maxAbsDiff(await inplace.extend(a[0]!.seq, chunk), await concat.extend(b[0]!.seq, chunk))
+      )
+      expect(worst).toBeLessThanOrEqual(1e-4)
+    }
+  )
 })

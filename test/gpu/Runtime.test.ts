@@ -1,11 +1,13 @@
 import { beforeAll, describe, expect, it } from "vitest"
 import { Runtime, type Sequence } from "../../src/gpu/Runtime.js"
 import { TextCodec } from "../../src/gpu/TextCodec.js"
-import { argmax, builtinDir, maxAbsDiff, prompt, top2Gap } from "./models.js"
+import type { KvLayout } from "../../src/gpu/ModelGenerator.js"
+import { argmax, maxAbsDiff, modelDir, prompt, top2Gap } from "./models.js"
+
 import { referenceLogits } from "./reference.js"
 
-const load = async (size: "tiny" | "small") => {
-  const dir = builtinDir(size)
+const load = async (size: "tiny" | "small", layout: KvLayout = "inplace") => {
+  const dir = modelDir(size, layout)
   return Runtime.load(dir, { device: "cpu", threads: 1, maskedIds: TextCodec.load(dir).idsWithoutToken })
 }
 
@@ -22,10 +24,16 @@ const greedy = async (rt: Runtime, ids: ReadonlyArray<number>, steps: number) =>
   return { seq: first!.seq, tokens, logits }
 }
 
-describe.each(["tiny", "small"] as const)("Runtime on builtin:%s", (size) => {
+describe.each([
+  ["tiny", "inplace"],
+  ["small", "inplace"],
+  ["tiny", "concat"],
+  ["small", "concat"]
+] as const)("Runtime on builtin:%s, %s KV layout", (size, layout) => {
   let rt: Runtime
   beforeAll(async () => {
-    rt = await load(size)
+    rt = await load(size, layout)
+    expect(rt.layout).toBe(layout === "inplace" ? "rows" : "concat")
   })
 
   it("cached decode equals full recompute (max abs logit diff <= 1e-4)", async () => {
@@ -112,7 +120,7 @@ describe.each(["tiny", "small"] as const)("Runtime on builtin:%s", (size) => {
       buf.set(t.bytes, 3)
       return buf.subarray(3)
     })
-    const other = await load(size)
+    const other = await load(size, layout)
     const seq = other.importKv(exported.descriptor, wire)
     const tokens = [first]
     for (let i = 1; i < 12; i++) {
@@ -142,7 +150,7 @@ describe("the generated graph is the intended math", () => {
   it("an independent float64 forward pass agrees with onnxruntime on tiny (<= 1e-4)", async () => {
     const rt = await load("tiny")
     const ids = prompt(16, 99)
-    const ref = referenceLogits(builtinDir("tiny"), ids)
+    const ref = referenceLogits(modelDir("tiny", "inplace"), ids)
     const V = rt.config.vocabSize
     let worst = 0
     for (let k = 1; k <= ids.length; k++) {

@@ -2,12 +2,19 @@
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { ensureBuiltin } from "../../src/gpu/ModelStore.js"
-import type { BuiltinSize } from "../../src/gpu/ModelGenerator.js"
+import type { BuiltinSize, KvLayout } from "../../src/gpu/ModelGenerator.js"
 
 export const testCacheDir = join(tmpdir(), "tandem-test-models")
 
 export const builtinDir = (size: BuiltinSize): string =>
   ensureBuiltin(size, { TANDEM_CACHE_DIR: testCacheDir })
+
+/**
+ * The built-in weights in either KV layout: `inplace` is the built-in model itself, `concat` the same
+ * model in the Optimum layout that exported models use (the runtime's other path).
+ */
+export const modelDir = (size: BuiltinSize, layout: KvLayout): string =>
+  ensureBuiltin(size, { TANDEM_CACHE_DIR: testCacheDir }, layout)
 
 export const argmax = (a: Float32Array): number => {
   let best = 0
