@@ -15,7 +15,8 @@ const opts = (url: string, c: number): BenchOptions => ({
   url,
   model: undefined,
   endpoint: "completions",
-  numPrompts: Math.max(8, c * 3),
+  numPrompts: Math.max(16, c * 4),
+
   requestRates: [Infinity],
   burstiness: 1,
   maxConcurrency: c,
@@ -64,7 +65,7 @@ const clusterRows = await measure(cluster.url)
 await cluster.stop()
 const summary = {
   settings:
-    "builtin:small, 64-token prompts, 128 output tokens (ignore_eos), 3 requests per client (at least 8), --threads 1",
+    "builtin:small, 64-token prompts, 128 output tokens (ignore_eos), 4 requests per client (at least 16), --threads 1",
   cluster_1p1d: clusterRows,
   serve: serveRows
 }

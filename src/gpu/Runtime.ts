@@ -158,11 +158,13 @@ const storeTarget = (store: KvStore) => ({
   capacity: store.capacity
 })
 
+/** A store of `capacity` positions; positions past a sequence's length are never read, so not zeroed. */
 const emptyStore = (layers: number, capacity: number, kvHeads: number, headDim: number): KvStore => ({
   capacity,
-  keys: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim)),
-  values: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim))
+  keys: Array.from({ length: layers }, () => uninitializedFloats(kvHeads * capacity * headDim)),
+  values: Array.from({ length: layers }, () => uninitializedFloats(kvHeads * capacity * headDim))
 })
+
 
 export interface KvExport {
   readonly descriptor: KvDescriptor
@@ -515,10 +517,12 @@ export class Runtime {
         const S = t.dims[1] as number
         const src = t.data as Float32Array
         const d = dst.of(2 * l + k)
+        // Plain loops: a subarray per head and position costs more than the copy itself.
         for (let s = 0; s < count; s++)
           for (let h = 0; h < kvHeads; h++) {
             const i = ((b * S + s) * kvHeads + h) * headDim
-            d.set(src.subarray(i, i + headDim), dst.base + (h * dst.capacity + at + s) * headDim)
+            const o = dst.base + (h * dst.capacity + at + s) * headDim
+            for (let x = 0; x < headDim; x++) d[o + x] = src[i + x] as number
           }
       }
   }
