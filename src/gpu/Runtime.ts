@@ -165,7 +165,6 @@ const emptyStore = (layers: number, capacity: number, kvHeads: number, headDim: 
   values: Array.from({ length: layers }, () => uninitializedFloats(kvHeads * capacity * headDim))
 })
 
-
 export interface KvExport {
   readonly descriptor: KvDescriptor
   /** Per layer: key then value, each `[kvHeads, tokens, headDim]` little-endian float32 bytes. */
