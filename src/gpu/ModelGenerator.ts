@@ -14,20 +14,25 @@
  * `inplace` (the built-in models' layout): the graph returns only the new positions' K/V and the runtime
  * writes them into its own long-lived KV buffers, so the cache is never copied into a new tensor per step
  * (onnxruntime-node copies every output back into a fresh JavaScript buffer, so a full `present` output
- * costs a whole-cache copy however the graph computes it). Attention is onnxruntime's
- * `com.microsoft.GroupQueryAttention`, which reads each row only up to that row's own length:
+ * costs a whole-cache copy however the graph computes it; and onnxruntime's GroupQueryAttention, tried
+ * first, copies the past into its own `present` inside the kernel when the buffers are not shared).
+ * Attention runs as two blocks, past and new, with one softmax across both: the past is read where it
+ * lies (FusedMatMul with transB), never concatenated, and a decode step's products are matrix-vector
+ * products. RoPE is onnxruntime's fused `com.microsoft.RotaryEmbedding`.
  *
- *   inputs : input_ids [B,S] int64, position_ids [B,S] int64, seqlens_k [B] int32 (each row's past + new
- *            length - 1), total_sequence_length [] int32 (the largest of those + 1),
- *            past_key_values.{i}.key|value [B,KV,P,Dh] float32 (row b's past in positions 0..len_b-1;
- *            P may exceed every row's length, and may be 0)
- *   outputs: logits [B,S,V] float32, new.{i}.key|value [B,S,KV*Dh] float32 (K after RoPE)
+ *   inputs : input_ids [B,S] int64, position_ids [B,S] int64 (row b's first position id is its past
+ *            length len_b), past_key_values.{i}.key|value [B,KV,P,Dh] float32 (row b's past in
+ *            positions 0..len_b-1; the rest of P is masked out and must be finite; P >= 1)
+ *   outputs: logits [B,S,V] float32, new.{i}.key|value [B,KV,S,Dh] float32 (K after RoPE)
  *
- *   Rows are right-padded. Same weights, same math, same logits as `concat`.
-
+ *   Rows are right-padded. Same weights, same math, same logits as `concat` (within float rounding).
+ *
+ * RMSNorm is written as Pow/ReduceMean/Add/Sqrt/Div/Mul, the pattern onnxruntime fuses into one
+ * SimplifiedLayerNormalization.
  *
  * Weights are seeded (mulberry32 + Box-Muller, std 1/sqrt(fan_in)): the same arguments give the same
  * bytes every time. Random weights: the text is not meaningful.
+
  */
 import onnxProto from "onnx-proto"
 
@@ -231,6 +236,7 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
   const c1 = g.i64("c_i64_1", [], [1])
   const axLast = g.i64("c_axes_last", [1], [-1])
   const epsF = g.f32("c_eps", [], Float32Array.of(eps), false)
+  const twoF = g.f32("c_two", [], Float32Array.of(2), false)
   const zeroF = g.f32("c_zero", [], Float32Array.of(0), false)
   const negF = g.f32("c_neg", [], Float32Array.of(-1e9), false)
   const scaleF = g.f32("c_scale", [], Float32Array.of(1 / Math.sqrt(Dh)), false)
@@ -239,7 +245,10 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
   const shpQ5 = g.i64("c_shape_q5", [5], [0, KV, G, -1, Dh])
   const shpBHSD = g.i64("c_shape_bhsd", [4], [0, H, -1, Dh])
   const shpBSD = g.i64("c_shape_bsd", [3], [0, 0, D])
-  const shpBSDkv = g.i64("c_shape_bsdkv", [3], [0, 0, KV * Dh])
+  const shpBSKGD = g.i64("c_shape_bskgd", [5], [0, 0, KV, G, Dh])
+  const zero1 = g.i64("c_i64_zero1", [1], [0])
+  const big1 = g.i64("c_i64_big1", [1], [2 ** 62])
+
   const ax1 = g.i64("c_axes_1", [1], [1])
   const ax2 = g.i64("c_axes_2", [1], [2])
   const ax123 = g.i64("c_axes_123", [3], [1, 2, 3])
@@ -260,9 +269,7 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
   const inputs = inplace
     ? [
         valueInfo("input_ids", DT.INT64, ["batch_size", "sequence_length"]),
-        valueInfo("position_ids", DT.INT64, ["batch_size", "sequence_length"]),
-        valueInfo("seqlens_k", DT.INT32, ["batch_size"]),
-        valueInfo("total_sequence_length", DT.INT32, [])
+        valueInfo("position_ids", DT.INT64, ["batch_size", "sequence_length"])
       ]
     : [
         valueInfo("input_ids", DT.INT64, ["batch_size", "sequence_length"]),
@@ -278,7 +285,7 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
         valueInfo(`past_key_values.${l}.${kv}`, DT.FLOAT, ["batch_size", KV, "past_sequence_length", Dh])
       )
       if (inplace)
-        outputs.push(valueInfo(`new.${l}.${kv}`, DT.FLOAT, ["batch_size", "sequence_length", KV * Dh]))
+        outputs.push(valueInfo(`new.${l}.${kv}`, DT.FLOAT, ["batch_size", KV, "sequence_length", Dh]))
       else
         outputs.push(
           valueInfo(`present.${l}.${kv}`, DT.FLOAT, ["batch_size", KV, "total_sequence_length", Dh])
@@ -286,7 +293,6 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
     }
 
   // concat: causal over absolute positions AND padding, as an additive bias [B,1,1,S,T].
-  // inplace: GroupQueryAttention masks by each row's length itself.
   const maskBias = (): string => {
     const S = g.op("Gather", [g.op("Shape", ["input_ids"]), c1], { axis: I(0) })
     const T = g.op("Gather", [g.op("Shape", ["attention_mask"]), c1], { axis: I(0) })
@@ -299,6 +305,29 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
   }
   const bias = inplace ? "" : maskBias()
 
+  // inplace: two biases, built once. Past: row b's past is positions 0..len_b-1 of P, where len_b is
+  // its first position id (rows are right-padded and their positions start where the past ends)
+  // -> [B,1,1,1,P]. New: causal among the S new tokens -> [S,S].
+  const inplaceBiases = (): readonly [string, string, string] => {
+    const P = g.op("Gather", [g.op("Shape", ["past_key_values.0.key"]), g.i64("c_i64_2", [], [2])], {
+      axis: I(0)
+    })
+    const S = g.op("Gather", [g.op("Shape", ["input_ids"]), c1], { axis: I(0) })
+    const pastLen = g.op("Gather", ["position_ids", g.i64("c_i64_first", [1], [0])], { axis: I(1) }) // [B,1]
+    const kpos = g.op("Range", [c0, P, c1])
+    const past = g.op("Where", [g.op("Less", [kpos, pastLen]), zeroF, negF]) // [B,P]
+    const pastBias = g.op("Unsqueeze", [past, ax123])
+    const spos = g.op("Range", [c0, S, c1])
+    const causal = g.op("LessOrEqual", [spos, g.op("Unsqueeze", [spos, ax1])]) // [S,S]: key <= query
+    return [
+      pastBias,
+      g.op("Where", [causal, zeroF, negF]),
+      g.op("Unsqueeze", [P, g.i64("c_axes_0i", [1], [0])])
+    ]
+  }
+  // pastP: P as a 1-D tensor, where the past block's probabilities end.
+  const [pastBias, newBias, pastP] = inplace ? inplaceBiases() : ["", "", ""]
+
   if (options.positionIdsInput === false) {
     const S = g.op("Gather", [g.op("Shape", ["input_ids"]), c1], { axis: I(0) })
 
@@ -310,19 +339,25 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
     const end = g.i64("c_i64_big", [1], [2 ** 62])
     g.op("Slice", [posAll, start, end, ax1], {}, ["position_ids"])
   }
-  // [B,1,S,half] against heads-first q/k (concat), [B,S,1,half] against sequence-first q/k (inplace).
-  const ropeAxis = inplace ? ax2 : ax1
-  const cosP = g.op("Unsqueeze", [g.op("Gather", ["rope_cos", "position_ids"], { axis: I(0) }), ropeAxis])
-  const sinP = g.op("Unsqueeze", [g.op("Gather", ["rope_sin", "position_ids"], { axis: I(0) }), ropeAxis])
+  // RoPE in standard ops for the concat layout, on heads-first q/k: cos/sin of the positions as
+  // [B,1,S,half], gathered once (the inplace layout uses the fused RotaryEmbedding instead).
+  let tables: readonly [string, string] | undefined
   const rope = (x: string) => {
+    tables ??= [
+      g.op("Unsqueeze", [g.op("Gather", ["rope_cos", "position_ids"], { axis: I(0) }), ax1]),
+      g.op("Unsqueeze", [g.op("Gather", ["rope_sin", "position_ids"], { axis: I(0) }), ax1])
+    ]
+    const [cosP, sinP] = tables
     const [x1, x2] = g.op2("Split", [x], { axis: I(-1), num_outputs: I(2) })
+
     const a = g.op("Sub", [g.op("Mul", [x1, cosP]), g.op("Mul", [x2, sinP])])
     const b = g.op("Add", [g.op("Mul", [x2, cosP]), g.op("Mul", [x1, sinP])])
     return g.op("Concat", [a, b], { axis: I(-1) })
   }
   const rmsnorm = (x: string, name: string) => {
     const gain = g.f32(name, [D], new Float32Array(D).fill(1))
-    const ms = g.op("ReduceMean", [g.op("Mul", [x, x]), axLast], { keepdims: I(1) })
+    // Pow(x, 2), not Mul(x, x): the pattern onnxruntime fuses into one SimplifiedLayerNormalization.
+    const ms = g.op("ReduceMean", [g.op("Pow", [x, twoF]), axLast], { keepdims: I(1) })
     return g.op("Mul", [g.op("Div", [x, g.op("Sqrt", [g.op("Add", [ms, epsF])])]), gain])
   }
   const linear = (x: string, name: string, fanIn: number, fanOut: number, s = std(fanIn)) =>
@@ -344,25 +379,51 @@ export const generateModel = (dims: ModelDims, options: GenerateModelOptions = {
     const h = rmsnorm(x, `${p}.input_layernorm.weight`)
     if (inplace) {
       // Projections in the same order as below, so the seeded weights are the same.
-      const qS = g.op("Reshape", [linear(h, `${p}.self_attn.q_proj.weight`, D, D), shpBSHD])
-      const kS = g.op("Reshape", [linear(h, `${p}.self_attn.k_proj.weight`, D, dkv), shpBSKD])
-      const vS = g.op("Identity", [linear(h, `${p}.self_attn.v_proj.weight`, D, dkv)], {}, [`new.${l}.value`])
-      const ctx = g.op(
-        "GroupQueryAttention",
-        [
-          g.op("Reshape", [rope(qS), shpBSD]),
-          g.op("Reshape", [rope(kS), shpBSDkv], {}, [`new.${l}.key`]),
-          vS,
-          `past_key_values.${l}.key`,
-          `past_key_values.${l}.value`,
-          "seqlens_k",
-          "total_sequence_length"
-        ],
-        { num_heads: I(H), kv_num_heads: I(KV) },
-        [`attn_${l}_context`, `attn_${l}_present_key`, `attn_${l}_present_value`],
-
-        "com.microsoft"
+      // RoPE as onnxruntime's fused RotaryEmbedding (rotate-half, explicit positions) on [B,S,heads*Dh].
+      const rotary = (x: string, heads: number) =>
+        g.op(
+          "RotaryEmbedding",
+          [x, "position_ids", "rope_cos", "rope_sin"],
+          { interleaved: I(0), num_heads: I(heads) },
+          undefined,
+          "com.microsoft"
+        )
+      const qS = rotary(linear(h, `${p}.self_attn.q_proj.weight`, D, D), H)
+      const kS = rotary(linear(h, `${p}.self_attn.k_proj.weight`, D, dkv), KV)
+      const vS = linear(h, `${p}.self_attn.v_proj.weight`, D, dkv)
+      // The new K/V go out heads-first, [B,KV,S,Dh], the runtime's cache layout: one copy per row and head.
+      const headsFirst = (x: string, name: string) =>
+        g.op("Transpose", [x], { perm: INTS([0, 2, 1, 3]) }, [name])
+      const kNew = headsFirst(g.op("Reshape", [kS, shpBSKD]), `new.${l}.key`)
+      const vNew = headsFirst(g.op("Reshape", [vS, shpBSKD]), `new.${l}.value`)
+      // Attention over the past and the new positions as two blocks, never concatenating K/V: scores
+      // [B,KV,G,S,P] and [B,KV,G,S,S] (FusedMatMul reads K as it is stored, transposed on the fly),
+      // one softmax across both, then probs x V per block. For decode (S = 1) every product is a
+      // matrix-vector product, which reads the cache once and packs nothing.
+      const q5 = g.op(
+        "Transpose",
+        [g.op("Reshape", [g.op("Mul", [qS, scaleF]), shpBSKGD])],
+        { perm: INTS([0, 2, 3, 1, 4]) } // [B,KV,G,S,Dh]
       )
+      const at5 = (t: string) => g.op("Unsqueeze", [t, ax2]) // [B,KV,1,T,Dh]: broadcast over G
+      const scoresOf = (k: string, b: string) =>
+        g.op("Add", [g.op("FusedMatMul", [q5, at5(k)], { transB: I(1) }, undefined, "com.microsoft"), b])
+      const probs = g.op(
+        "Softmax",
+        [
+          g.op("Concat", [scoresOf(`past_key_values.${l}.key`, pastBias), scoresOf(kNew, newBias)], {
+            axis: I(-1)
+          })
+        ],
+        { axis: I(-1) }
+      )
+      const probsPast = g.op("Slice", [probs, zero1, pastP, axLast])
+      const probsNew = g.op("Slice", [probs, pastP, big1, axLast])
+      const ctx5 = g.op("Add", [
+        g.op("MatMul", [probsPast, at5(`past_key_values.${l}.value`)]),
+        g.op("MatMul", [probsNew, at5(vNew)])
+      ])
+      const ctx = g.op("Reshape", [g.op("Transpose", [ctx5], { perm: INTS([0, 3, 1, 2, 4]) }), shpBSD])
       x = g.op("Add", [x, linear(ctx, `${p}.self_attn.o_proj.weight`, D, D, std(D) / Math.sqrt(2 * L))])
       x = mlp(x, p)
       continue

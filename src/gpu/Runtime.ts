@@ -61,7 +61,8 @@ export class Sequence {
 
 /**
  * The rows layout's decode batch: per layer and kind a buffer `[capacityRows, kvHeads, M, headDim]`;
- * `seqs[r]` lives in row r, positions 0..length-1. Positions past a row's length are never read.
+ * `seqs[r]` lives in row r, positions 0..length-1. Positions past a row's length are masked
+ * out; they hold zeros or an earlier row's values, finite either way.
  */
 class RowBatch {
   seqs: Array<Sequence> = []
@@ -158,11 +159,14 @@ const storeTarget = (store: KvStore) => ({
   capacity: store.capacity
 })
 
-/** A store of `capacity` positions; positions past a sequence's length are never read, so not zeroed. */
+/**
+ * A store of `capacity` positions, zero-filled: positions past a sequence's length are fed to the model
+ * (masked out), so they must hold finite numbers.
+ */
 const emptyStore = (layers: number, capacity: number, kvHeads: number, headDim: number): KvStore => ({
   capacity,
-  keys: Array.from({ length: layers }, () => uninitializedFloats(kvHeads * capacity * headDim)),
-  values: Array.from({ length: layers }, () => uninitializedFloats(kvHeads * capacity * headDim))
+  keys: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim)),
+  values: Array.from({ length: layers }, () => new Float32Array(kvHeads * capacity * headDim))
 })
 
 export interface KvExport {
@@ -475,26 +479,21 @@ export class Runtime {
     seq.owner = undefined
   }
 
-  /** Feeds for the rows layout (input_ids, position_ids, seqlens_k, total_sequence_length). */
+  /**
+   * Feeds for the rows layout: input_ids and position_ids, right-padded. A row's first position id is
+   * also its past length (the graph masks the past block with it).
+   */
   private rowFeeds(
     B: number,
     S: number,
-    fill: (b: number, ids: BigInt64Array, pos: BigInt64Array) => number
+    fill: (b: number, ids: BigInt64Array, pos: BigInt64Array) => void
   ): Record<string, ort.Tensor> {
     const ids = new BigInt64Array(B * S)
     const pos = new BigInt64Array(B * S)
-    const seqlens = new Int32Array(B)
-    let total = 0
-    for (let b = 0; b < B; b++) {
-      const t = fill(b, ids, pos)
-      seqlens[b] = t - 1
-      total = Math.max(total, t)
-    }
+    for (let b = 0; b < B; b++) fill(b, ids, pos)
     return {
       input_ids: new ort.Tensor("int64", ids, [B, S]),
-      position_ids: new ort.Tensor("int64", pos, [B, S]),
-      seqlens_k: new ort.Tensor("int32", seqlens, [B]),
-      total_sequence_length: new ort.Tensor("int32", Int32Array.of(total), [])
+      position_ids: new ort.Tensor("int64", pos, [B, S])
     }
   }
 
@@ -513,16 +512,16 @@ export class Runtime {
     for (let l = 0; l < layers; l++)
       for (const [k, kind] of (["key", "value"] as const).entries()) {
         const t = out[`new.${l}.${kind}`] as ort.Tensor
-        const S = t.dims[1] as number
+        const S = t.dims[2] as number
         const src = t.data as Float32Array
         const d = dst.of(2 * l + k)
-        // Plain loops: a subarray per head and position costs more than the copy itself.
-        for (let s = 0; s < count; s++)
-          for (let h = 0; h < kvHeads; h++) {
-            const i = ((b * S + s) * kvHeads + h) * headDim
-            const o = dst.base + (h * dst.capacity + at + s) * headDim
-            for (let x = 0; x < headDim; x++) d[o + x] = src[i + x] as number
-          }
+        // Heads-first on both sides: one contiguous run per head.
+        for (let h = 0; h < kvHeads; h++) {
+          const i = (b * kvHeads + h) * S * headDim
+          const o = dst.base + (h * dst.capacity + at) * headDim
+          if (count === 1) for (let x = 0; x < headDim; x++) d[o + x] = src[i + x] as number
+          else d.set(src.subarray(i, i + count * headDim), o)
+        }
       }
   }
 
@@ -540,7 +539,7 @@ export class Runtime {
         const buf = tensor(2 * l + k)
         feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor(
           "float32",
-          buf === undefined ? new Float32Array(0) : buf.subarray(0, n),
+          buf === undefined ? new Float32Array(n) : buf.subarray(0, n),
           [B, kvHeads, P, headDim]
         )
       }
@@ -561,15 +560,15 @@ export class Runtime {
           ids[b * S + j] = BigInt(p[j] ?? 0)
           pos[b * S + j] = BigInt(j)
         }
-        return p.length
       }),
-      ...this.pastOver(B, 0, () => undefined)
+      // No past: one masked position (past length 0) keeps every tensor non-empty.
+      ...this.pastOver(B, 1, () => undefined)
     }
     const out = await this.session.run(feeds)
     return prompts.map((p, b) => {
       const seq = new Sequence()
       seq.length = p.length
-      seq.store = emptyStore(layers, Math.max(64, 2 * p.length), kvHeads, headDim)
+      seq.store = emptyStore(layers, p.length, kvHeads, headDim)
       this.writeNew(out, b, p.length, storeTarget(seq.store), 0)
       return { seq, logits: this.logitsRow(out, b, p.length - 1) }
     })
@@ -597,7 +596,6 @@ export class Runtime {
           ids[j] = BigInt(t)
           pos[j] = BigInt(seq.length + j)
         })
-        return need
       }),
       ...this.pastOver(1, s0.capacity, (i) => (i % 2 === 0 ? s0.keys : s0.values)[i >> 1])
     }
@@ -619,7 +617,6 @@ export class Runtime {
         const s = rb.seqs[b] as Sequence
         ids[b] = BigInt(tokenOf.get(s) as number)
         pos[b] = BigInt(s.length)
-        return s.length + 1
       }),
       ...this.pastOver(B, rb.M, (i) => rb.bufs[i])
     }
@@ -797,8 +794,7 @@ const checkLayout = (file: string, session: ort.InferenceSession, config: ModelC
   const rows = outputs.has("new.0.key")
   need(inputs, "input_ids", "input")
   need(outputs, "logits", "output")
-  if (rows)
-    for (const name of ["position_ids", "seqlens_k", "total_sequence_length"]) need(inputs, name, "input")
+  if (rows) need(inputs, "position_ids", "input")
   else need(inputs, "attention_mask", "input")
   for (let l = 0; l < config.layers; l++)
     for (const kv of ["key", "value"]) {

@@ -143,7 +143,7 @@ describe("loading errors name the file and the problem", () => {
 
 describe("the two KV layouts", () => {
   it.each(["tiny", "small"] as const)(
-    "inplace (GroupQueryAttention, new K/V only) and concat (Optimum) give the same logits on %s, ragged and chunked",
+    "inplace (new K/V only, past read in place) and concat (Optimum) give the same logits on %s, ragged and chunked",
     async (size) => {
       const inplace = await load(modelDir(size, "inplace"))
       const concat = await load(modelDir(size, "concat"))
