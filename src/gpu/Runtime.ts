@@ -93,10 +93,17 @@ class RowBatch {
     }
   }
 
-  /** Makes room for `rows` rows of at least `positions` positions, keeping every resident row. */
+  /**
+   * Makes room for `rows` rows of at least `positions` positions, keeping every resident row. Every row
+   * is computed over all M positions (masked past its length), so M also shrinks once the longest row
+   * needs half of it or less: one long request does not slow every later step.
+   */
   reserve(rows: number, positions: number): void {
-    if (rows <= this.capacityRows && positions <= this.M) return
-    const M = positions <= this.M ? this.M : Math.ceil(positions / 64) * 64
+    const fitted = Math.ceil(positions / 64) * 64
+    const shrink = 2 * fitted <= this.M
+    if (rows <= this.capacityRows && positions <= this.M && !shrink) return
+    const M = positions <= this.M && !shrink ? this.M : fitted
+
     const capacityRows =
       rows <= this.capacityRows ? this.capacityRows : Math.max(8, rows, this.capacityRows * 2)
     const old = this.seqs.map((s, r) => ({ s, store: this.view(r) }))
@@ -264,7 +271,13 @@ export class Runtime {
     }
   }
 
+  /** Rows layout: positions per row of the decode batch's buffers (0 when empty; for tests and metrics). */
+  get decodeBufferPositions(): number {
+    return this.rowBatch.M
+  }
+
   /** KV bytes a sequence of `tokens` tokens holds. */
+
   kvBytesFor(tokens: number): number {
     return tokens * this.kvBytesPerToken
   }

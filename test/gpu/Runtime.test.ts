@@ -105,6 +105,31 @@ describe.each([
     for (const l of live) expect(l.tokens).toEqual(alone[l.i]!.tokens)
   })
 
+  it("a long sequence leaving: the batch buffer shrinks and the short ones go on as alone", async () => {
+    const long = prompt(300, 41)
+    const short = prompt(5, 42)
+    const alone = await greedy(rt, short, 12)
+    const [a, b] = await rt.prefill([long, short])
+    let tokens = [argmax(a!.logits), argmax(b!.logits)]
+    const got = [tokens[1]!]
+    for (let step = 1; step < 12; step++) {
+      if (step === 4) {
+        if (layout === "inplace") expect(rt.decodeBufferPositions).toBeGreaterThanOrEqual(301)
+        rt.free(a!.seq)
+        const [l] = await rt.decode([{ seq: b!.seq, token: tokens[1]! }])
+        if (layout === "inplace") expect(rt.decodeBufferPositions).toBe(64)
+        tokens = [0, argmax(l!)]
+      } else {
+        const live = step < 4 ? [a!, b!] : [b!]
+        const out = await rt.decode(live.map((p, i) => ({ seq: p.seq, token: tokens[step < 4 ? i : 1]! })))
+        tokens = step < 4 ? out.map(argmax) : [0, argmax(out[0]!)]
+      }
+      got.push(tokens[1]!)
+    }
+    expect(got).toEqual(alone.tokens)
+    rt.free(b!.seq)
+  })
+
   it("KV exported from one runtime and imported into a fresh one continues with the same greedy tokens", async () => {
     const ids = prompt(18, 21)
     const reference = await greedy(rt, ids, 12)
