@@ -15,7 +15,7 @@ const opts = (url: string, c: number): BenchOptions => ({
   url,
   model: undefined,
   endpoint: "completions",
-  numPrompts: Math.max(16, c * 4),
+  numPrompts: Math.max(16, c * 8),
 
   requestRates: [Infinity],
   burstiness: 1,
@@ -65,7 +65,7 @@ const clusterRows = await measure(cluster.url)
 await cluster.stop()
 const summary = {
   settings:
-    "builtin:small, 64-token prompts, 128 output tokens (ignore_eos), 4 requests per client (at least 16), --threads 1",
+    "builtin:small, 64-token prompts, 128 output tokens (ignore_eos), 8 requests per client (at least 16), --threads 1",
   cluster_1p1d: clusterRows,
   serve: serveRows
 }
