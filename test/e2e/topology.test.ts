@@ -25,7 +25,7 @@ const completion = (prompt: string, extra: Record<string, unknown> = {}) => ({
 })
 
 describe("two prefill nodes to one decode node", () => {
-  it("32 concurrent requests: every output equals tandem serve's, and both prefill nodes take work", async () => {
+  it("32 concurrent requests: every output equals tandem serve's and the same request sent alone, and both prefill nodes take work", async () => {
     const cluster = await startCluster({
       cache,
       prefill: 2,
@@ -43,6 +43,12 @@ describe("two prefill nodes to one decode node", () => {
         expect(r.body["choices"]).toEqual(fromServe[i]!.body["choices"])
         expect(r.body["usage"]).toEqual(fromServe[i]!.body["usage"])
       })
+      // Batching changes nothing: each request alone (a batch of one) gives the same tokens.
+      for (const [i, p] of prompts.entries()) {
+        const alone = await post(serveUrl, "/v1/completions", completion(p))
+        expect(alone.body["choices"]).toEqual(fromCluster[i]!.body["choices"])
+      }
+
       const s = await stats(cluster.url)
       expect(s.prefill_hits).toEqual({ "prefill-0": 16, "prefill-1": 16 })
       expect(s.decode_hits).toEqual({ "decode-0": 32 })
