@@ -96,11 +96,13 @@ class RowBatch {
   /**
    * Makes room for `rows` rows of at least `positions` positions, keeping every resident row. Every row
    * is computed over all M positions (masked past its length), so M also shrinks once the longest row
-   * needs half of it or less: one long request does not slow every later step.
+   * needs a quarter of it or less: one long request does not slow every later step, and rows growing
+   * and finishing around one size do not reallocate back and forth.
    */
   reserve(rows: number, positions: number): void {
     const fitted = Math.ceil(positions / 64) * 64
-    const shrink = 2 * fitted <= this.M
+    const shrink = 4 * fitted <= this.M
+
     if (rows <= this.capacityRows && positions <= this.M && !shrink) return
     const M = positions <= this.M && !shrink ? this.M : fitted
 
