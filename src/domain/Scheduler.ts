@@ -109,3 +109,28 @@ export const deriveKvBudget = (requestedMb: number | undefined, freeBytes: numbe
   requestedMb !== undefined
     ? Math.max(0, requestedMb) * 1024 * 1024
     : Math.min(Math.floor(Math.max(0, freeBytes) / 4), 4 * 1024 ** 3)
+
+/** The decode batch's buffer: `rows` rows of `positions` positions each (the in-place KV layout). */
+export interface DecodeBufferShape {
+  readonly rows: number
+  readonly positions: number
+}
+
+/** Positions are allocated in steps of this many. */
+export const DECODE_BUFFER_STEP = 64
+
+/**
+ * The buffer for a decode step that needs `rows` rows and `positions` positions (longest sequence + 1),
+ * given the current one: unchanged when it fits and is not far too long; otherwise reallocated (which
+ * copies every resident row). Positions grow to the next step; rows double, at least 8. Every row is
+ * computed over all positions, so the buffer also shrinks, to fit, once the need is a quarter of it or
+ * less: one long request does not slow every later step, and needs moving within a factor of four do not
+ * reallocate back and forth.
+ */
+export const decodeBufferFor = (current: DecodeBufferShape, need: DecodeBufferShape): DecodeBufferShape => {
+  const fitted = Math.ceil(need.positions / DECODE_BUFFER_STEP) * DECODE_BUFFER_STEP
+  const shrink = 4 * fitted <= current.positions
+  const positions = need.positions <= current.positions && !shrink ? current.positions : fitted
+  const rows = need.rows <= current.rows ? current.rows : Math.max(8, need.rows, 2 * current.rows)
+  return rows === current.rows && positions === current.positions ? current : { rows, positions }
+}

@@ -20,6 +20,7 @@ import { dirname, join } from "node:path"
 import { createRequire } from "node:module"
 import ort from "onnxruntime-node"
 import type { KvGeometry } from "../domain/KvHandoff.js"
+import { decodeBufferFor } from "../domain/Scheduler.js"
 import type { KvDescriptor } from "../domain/WireFrames.js"
 import { ModelLoadError, modelFingerprint, readModelConfig, type ModelConfig } from "./ModelDir.js"
 
@@ -93,21 +94,13 @@ class RowBatch {
     }
   }
 
-  /**
-   * Makes room for `rows` rows of at least `positions` positions, keeping every resident row. Every row
-   * is computed over all M positions (masked past its length), so M also shrinks once the longest row
-   * needs a quarter of it or less: one long request does not slow every later step, and rows growing
-   * and finishing around one size do not reallocate back and forth.
-   */
+  /** Sizes the buffers for `rows` rows of `positions` positions (`decodeBufferFor`), keeping every row. */
   reserve(rows: number, positions: number): void {
-    const fitted = Math.ceil(positions / 64) * 64
-    const shrink = 4 * fitted <= this.M
-
-    if (rows <= this.capacityRows && positions <= this.M && !shrink) return
-    const M = positions <= this.M && !shrink ? this.M : fitted
-
-    const capacityRows =
-      rows <= this.capacityRows ? this.capacityRows : Math.max(8, rows, this.capacityRows * 2)
+    const current = { rows: this.capacityRows, positions: this.M }
+    const next = decodeBufferFor(current, { rows, positions })
+    if (next === current) return
+    const M = next.positions
+    const capacityRows = next.rows
     const old = this.seqs.map((s, r) => ({ s, store: this.view(r) }))
     this.bufs = Array.from(
       { length: this.tensorCount },

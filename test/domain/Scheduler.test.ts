@@ -1,6 +1,8 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
+  DECODE_BUFFER_STEP,
+  decodeBufferFor,
   decideHandoff,
   deriveKvBudget,
   grantableFromQueue,
@@ -124,5 +126,70 @@ describe("deriveKvBudget", () => {
         expect(deriveKvBudget(undefined, free)).toBeLessThanOrEqual(free / 4)
       })
     )
+  })
+})
+
+describe("decodeBufferFor (the in-place layout's decode buffer)", () => {
+  // Shapes the function itself makes: positions in whole steps (0 before the first step).
+  const shapeArb = fc.record({
+    rows: fc.nat(64),
+    positions: fc.nat(80).map((n) => n * DECODE_BUFFER_STEP)
+  })
+
+  const needArb = fc.record({
+    rows: fc.integer({ min: 1, max: 64 }),
+    positions: fc.integer({ min: 1, max: 5000 })
+  })
+
+  it("property: always fits the need, in whole steps of positions", () => {
+    fc.assert(
+      fc.property(shapeArb, needArb, (current, need) => {
+        const next = decodeBufferFor(current, need)
+        expect(next.rows).toBeGreaterThanOrEqual(need.rows)
+        expect(next.positions).toBeGreaterThanOrEqual(need.positions)
+        if (next !== current) expect(next.positions % DECODE_BUFFER_STEP).toBe(0)
+      })
+    )
+  })
+
+  it("property: never far too long: fewer positions than four times what the need fits in", () => {
+    fc.assert(
+      fc.property(shapeArb, needArb, (current, need) => {
+        const next = decodeBufferFor(current, need)
+        const fitted = Math.ceil(need.positions / DECODE_BUFFER_STEP) * DECODE_BUFFER_STEP
+        expect(4 * fitted).toBeGreaterThan(next.positions)
+      })
+    )
+  })
+
+  it("property: stable: the same need again reallocates nothing, nor does any need within a factor of four below", () => {
+    fc.assert(
+      fc.property(shapeArb, needArb, fc.double({ min: 0.26, max: 1, noNaN: true }), (current, need, f) => {
+        const next = decodeBufferFor(current, need)
+        expect(decodeBufferFor(next, need)).toBe(next)
+        const smaller = { rows: need.rows, positions: Math.max(1, Math.floor(next.positions * f)) }
+        if (4 * Math.ceil(smaller.positions / DECODE_BUFFER_STEP) * DECODE_BUFFER_STEP > next.positions)
+          expect(decodeBufferFor(next, smaller)).toBe(next)
+      })
+    )
+  })
+
+  it("grows rows by doubling (at least 8) and shrinks positions only to fit", () => {
+    expect(decodeBufferFor({ rows: 0, positions: 0 }, { rows: 1, positions: 20 })).toEqual({
+      rows: 8,
+      positions: 64
+    })
+    expect(decodeBufferFor({ rows: 8, positions: 64 }, { rows: 9, positions: 20 })).toEqual({
+      rows: 16,
+      positions: 64
+    })
+    expect(decodeBufferFor({ rows: 8, positions: 4096 }, { rows: 2, positions: 300 })).toEqual({
+      rows: 8,
+      positions: 320
+    })
+    expect(decodeBufferFor({ rows: 8, positions: 4096 }, { rows: 2, positions: 1100 })).toEqual({
+      rows: 8,
+      positions: 4096
+    })
   })
 })
