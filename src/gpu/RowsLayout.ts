@@ -169,8 +169,9 @@ export class RowsLayout implements KvLayoutEngine {
   }
 
   /**
-   * Writes `count` new positions of output row b (`new.{l}.{kind}`, `[B,S,kvHeads*headDim]`), from output
-   * position `from`, into `store` at position `at`.
+   * Writes the first `count` new positions of output row b (`new.{l}.{kind}`, `[B,kvHeads,S,headDim]`)
+   * into `dst` (a store, or a row of the decode batch at `base`) at position `at`.
+
    */
   private writeNew(
     out: ort.InferenceSession.OnnxValueMapType,
