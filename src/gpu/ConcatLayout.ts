@@ -41,6 +41,16 @@ export class ConcatLayout implements KvLayoutEngine {
     this.hasPositionIds = ctx.session.inputNames.includes("position_ids")
   }
 
+  get decodeBufferBytes(): number {
+    let n = 0
+    for (const t of Object.values(this.lastBatch?.tensors ?? {})) n += (t.data as Float32Array).byteLength
+    return n
+  }
+
+  compact(): void {
+    if (this.lastBatch?.seqs.every((s) => s.freed) === true) this.lastBatch = undefined
+  }
+
   storeOf(seq: Sequence): KvStore {
     return this.materialize(seq)
   }

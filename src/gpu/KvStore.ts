@@ -52,4 +52,8 @@ export interface KvLayoutEngine {
   storeOf(seq: Sequence): KvStore
   /** Positions per row of the decode batch's buffers (rows layout; 0 otherwise). */
   readonly decodeBufferPositions: number
+  /** Bytes of the decode batch's buffers (the rows, or the packed batch), beyond the sequences' own stores. */
+  readonly decodeBufferBytes: number
+  /** Lets go of what freed sequences still occupy in the decode batch (run between model calls). */
+  compact(): void
 }

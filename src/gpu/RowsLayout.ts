@@ -144,6 +144,16 @@ export class RowsLayout implements KvLayoutEngine {
     return this.rowBatch.M
   }
 
+  get decodeBufferBytes(): number {
+    return this.rowBatch.bufs.reduce((n, b) => n + b.byteLength, 0)
+  }
+
+  compact(): void {
+    const rb = this.rowBatch
+    for (let r = rb.seqs.length - 1; r >= 0; r--) if ((rb.seqs[r] as Sequence).freed) rb.remove(r)
+    if (rb.seqs.length === 0) rb.reset()
+  }
+
   storeOf(seq: Sequence): KvStore {
     if (seq.row !== undefined) return this.rowBatch.view(seq.row)
     if (seq.store === undefined) throw new Error("sequence has no KV")

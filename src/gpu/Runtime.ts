@@ -267,6 +267,14 @@ export class Runtime {
     seq.freed = true
     seq.store = undefined
     seq.owner = undefined
+    // Its place in the decode batch goes after any call in flight (which may still be writing there);
+    // an emptied batch gives its buffers back.
+    this.serial(async () => this.kv.compact()).catch(() => {})
+  }
+
+  /** Bytes of the decode batch's buffers beyond the sequences' own stores (not in `kvBytesFor`). */
+  get decodeBufferBytes(): number {
+    return this.kv.decodeBufferBytes
   }
 
   private assertLive(seq: Sequence): void {

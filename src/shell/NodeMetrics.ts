@@ -13,6 +13,11 @@ export class NodeMetrics {
     help: "KV bytes held by live sequences",
     registers: [this.registry]
   })
+  readonly decodeBufferBytes = new Gauge({
+    name: "tandem_node_decode_buffer_bytes",
+    help: "Bytes of the decode batch's KV buffers (rows x longest row); not counted in the KV budget",
+    registers: [this.registry]
+  })
   readonly kvPendingBytes = new Gauge({
     name: "tandem_node_kv_pending_bytes",
     help: "KV bytes of handoffs still arriving",

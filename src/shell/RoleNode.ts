@@ -70,6 +70,8 @@ export const loadOf = (
   }
   core.metrics.liveSequences.set(load.liveSequences)
   core.metrics.kvBytesHeld.set(load.kvBytes)
+  core.metrics.decodeBufferBytes.set(core.runtime.decodeBufferBytes)
+
   core.metrics.kvPendingBytes.set(load.pendingKvBytes)
   core.metrics.partialFrames.set(load.partialFrames)
   return load

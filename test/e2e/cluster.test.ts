@@ -270,8 +270,11 @@ describe("metrics", () => {
     expect(await metric(cluster.prefill[0]!.ready.http!, "tandem_node_kv_bytes_sent_total")).toBeGreaterThan(
       0
     )
-    await waitFor("KV freed on the decode node", async () =>
-      (await metric(decodeHttp, "tandem_node_kv_bytes_held")) === 0 ? true : undefined
+    await waitFor("KV freed on the decode node, its decode buffers given back", async () =>
+      (await metric(decodeHttp, "tandem_node_kv_bytes_held")) === 0 &&
+      (await metric(decodeHttp, "tandem_node_decode_buffer_bytes")) === 0
+        ? true
+        : undefined
     )
   })
 })

@@ -127,7 +127,11 @@ describe.each([
       got.push(tokens[1]!)
     }
     expect(got).toEqual(alone.tokens)
+    expect(rt.decodeBufferBytes).toBeGreaterThan(0)
     rt.free(b!.seq)
+    await rt.decode([]) // after the queued compaction
+    // Nothing left running: the decode batch's buffers are given back.
+    expect(rt.decodeBufferBytes).toBe(0)
   })
 
   it("KV exported from one runtime and imported into a fresh one continues with the same greedy tokens", async () => {
