@@ -127,7 +127,6 @@ export class Runtime {
   }
 
   /** KV bytes a sequence of `tokens` tokens holds. */
-
   kvBytesFor(tokens: number): number {
     return tokens * this.kvBytesPerToken
   }

@@ -145,7 +145,6 @@ export class Connection {
   }
 
   /** Writes bytes as they are, outside the codec (for tools that test peers with hostile input). */
-
   writeRaw(bytes: Uint8Array): void {
     if (!this.closed) this.socket.write(bytes)
   }
