@@ -8,6 +8,7 @@
  *
  *   npm run bench:suite            (prints JSON; docs/benchmarks.md records a run)
  */
+import { greedySampling } from "../src/domain/Sampling.js"
 import { spawn, spawnSync, execFileSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { parseArgs } from "node:util"
@@ -105,15 +106,7 @@ const framedHandoff = async (conn: Connection, tokens: number, id: string): Prom
   const tensorBytes = 4 * tokens * 40 * 4
   const tensors = Array.from({ length: 16 }, () => randomBytes(tensorBytes))
   const generation = {
-    sampling: {
-      temperature: 0,
-      topP: 1,
-      topK: 0,
-      minP: 0,
-      repetitionPenalty: 1,
-      frequencyPenalty: 0,
-      presencePenalty: 0
-    },
+    sampling: greedySampling,
     maxTokens: 1,
     minTokens: 0,
     ignoreEos: false,

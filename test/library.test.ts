@@ -7,6 +7,7 @@ import {
   DecodeAllowlist,
   decideDecodeTarget,
   routerStatsBody,
+  greedySampling,
   routerStatsVerboseFrom,
   sample
 } from "tandem"
@@ -32,21 +33,7 @@ describe("tandem as a library", () => {
     expect(chooseDecode([], "least-loaded", { prefillCursor: 0, decodeCursor: 0 }, [0, 0])._tag).toBe(
       "NoHealthyNode"
     )
-    expect(
-      sample(
-        Float32Array.from([0, 5, 1]),
-        {
-          temperature: 0,
-          topP: 1,
-          topK: 0,
-          minP: 0,
-          repetitionPenalty: 1,
-          frequencyPenalty: 0,
-          presencePenalty: 0
-        },
-        { state: 1 }
-      ).token
-    ).toBe(1)
+    expect(sample(Float32Array.from([0, 5, 1]), greedySampling, { state: 1 }).token).toBe(1)
   })
 
   it("has type declarations beside the JS", () => {

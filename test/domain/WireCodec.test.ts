@@ -1,3 +1,4 @@
+import { greedySampling } from "../../src/domain/Sampling.js"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
@@ -175,15 +176,7 @@ describe("WireCodec", () => {
       error: { _tag: "BadPayload" }
     })
     const g = {
-      sampling: {
-        temperature: 0,
-        topP: 1,
-        topK: 0,
-        minP: 0,
-        repetitionPenalty: 1,
-        frequencyPenalty: 0,
-        presencePenalty: 0
-      },
+      sampling: greedySampling,
       maxTokens: 1,
       minTokens: 0,
       ignoreEos: false,

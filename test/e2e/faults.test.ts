@@ -3,6 +3,7 @@
  * Streams are held open on purpose (builtin:small, ignore_eos, large max_tokens); the tests wait by
  * polling state under generous caps, never by asserting durations.
  */
+import { greedySampling } from "../../src/domain/Sampling.js"
 import { afterAll, describe, expect, it } from "vitest"
 import { resolveModelDir } from "../../src/gpu/ModelStore.js"
 import { modelFingerprint, tokenizerFingerprint } from "../../src/gpu/ModelDir.js"
@@ -234,15 +235,7 @@ describe("cancellation and leases", () => {
         tokenCount: 64
       }
       const generation = {
-        sampling: {
-          temperature: 0,
-          topP: 1,
-          topK: 0,
-          minP: 0,
-          repetitionPenalty: 1,
-          frequencyPenalty: 0,
-          presencePenalty: 0
-        },
+        sampling: greedySampling,
         maxTokens: 8,
         minTokens: 0,
         ignoreEos: false,

@@ -1,4 +1,5 @@
 /** Hostile input: random and mutated frames at both node listeners, malformed HTTP at the router. */
+import { greedySampling } from "../../src/domain/Sampling.js"
 import net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { encodeFrame } from "../../src/domain/WireCodec.js"
@@ -35,15 +36,7 @@ const bytes = (n: number) => Uint8Array.from({ length: n }, () => int(256))
 const pick = <A>(xs: ReadonlyArray<A>): A => xs[int(xs.length)] as A
 
 const generation = {
-  sampling: {
-    temperature: 0,
-    topP: 1,
-    topK: 0,
-    minP: 0,
-    repetitionPenalty: 1,
-    frequencyPenalty: 0,
-    presencePenalty: 0
-  },
+  sampling: greedySampling,
   maxTokens: 4,
   minTokens: 0,
   ignoreEos: false,
